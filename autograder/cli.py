@@ -1,0 +1,129 @@
+"""Instructor command line: release, validate and grade the course's assignments.
+
+    python -m autograder release                 # solutions/ -> exercises/ (nbgrader generate_assignment)
+    python -m autograder validate                # solutions pass every test, stubs fail every test
+    python -m autograder grade SUBMISSIONS_DIR   # nbgrader autograde + feedback + grades.csv
+"""
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from autograder.course import EXERCISES, SOLUTIONS, ConfigNotLoaded, assignments, load_config, notebooks
+
+
+def _api(config):
+    from nbgrader.apps.api import NbGraderAPI
+
+    api = NbGraderAPI(config=config)
+    api.log.setLevel(logging.WARNING)
+    return api
+
+
+def release(only: list[str] | None = None) -> int:
+    """Regenerate exercises/<assignment>/ from solutions/ for every (or the named) assignment."""
+    config = load_config()
+    names = only or assignments()
+    with tempfile.TemporaryDirectory() as tmp:
+        # A throw-away gradebook: releasing must not depend on (or be blocked by) grading state.
+        config.CourseDirectory.db_url = f"sqlite:///{tmp}/release.db"
+        api = _api(config)
+        for name in names:
+            if not (SOLUTIONS / name).is_dir():
+                print(f"error: no assignment {name!r} in {SOLUTIONS}", file=sys.stderr)
+                return 2
+            shutil.rmtree(EXERCISES / name, ignore_errors=True)  # no stale files survive a release
+            result = api.generate_assignment(name, force=True, create=True)
+            if not result["success"]:
+                print(f"error: generate_assignment {name} failed:\n{result.get('error') or result.get('log')}",
+                      file=sys.stderr)
+                return 1
+            made = sorted(p.name for p in (EXERCISES / name).glob("*.ipynb"))
+            if made != sorted(f"{nb}.ipynb" for nb in notebooks(name)):
+                print(f"error: generate_assignment {name} wrote {made}, expected every notebook of "
+                      f"{SOLUTIONS / name}", file=sys.stderr)
+                return 1
+            print(f"released {name}: {', '.join(made)} -> {(EXERCISES / name).relative_to(EXERCISES.parent)}/")
+    return 0
+
+
+def validate(only: list[str] | None = None) -> int:
+    """Every solution passes all its test cells; every released stub fails every test cell.
+
+    nbgrader's own `validate` command exits 0 either way, so we read the Validator's results.
+    """
+    from nbgrader.validator import Validator
+
+    config = load_config()
+    problems = []
+    for name in only or assignments():
+        for nb in notebooks(name):
+            for folder, invert in ((SOLUTIONS, False), (EXERCISES, True)):
+                path = folder / name / f"{nb}.ipynb"
+                if not path.exists():
+                    problems.append(f"{path}: missing (run `python -m autograder release`)")
+                    continue
+                validator = Validator(config=config, invert=invert, ignore_checksums=not invert)
+                result = validator.validate(str(path))
+                rel = path.relative_to(folder.parent)
+                bad = result.get("passed" if invert else "failed", []) + result.get("changed", [])
+                if bad or "type_changed" in result:
+                    what = "test cells PASS on the unsolved stub" if invert else "test cells FAIL on the solution"
+                    details = "\n".join("    " + (c.get("raw_error") or c["source"]).strip().splitlines()[-1]
+                                        for c in bad)
+                    problems.append(f"{rel}: {len(bad)} {what}\n{details}")
+                else:
+                    print(f"ok  {rel}: " + ("every test cell fails on the stub" if invert else "every test cell passes"))
+    for problem in problems:
+        print(f"FAIL {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("release", help="regenerate exercises/ from solutions/")
+    p.add_argument("assignments", nargs="*", help="assignment names (default: all)")
+    p = sub.add_parser("validate", help="solutions pass all tests, released stubs fail all tests")
+    p.add_argument("assignments", nargs="*", help="assignment names (default: all)")
+    p = sub.add_parser("grade", help="autograde a folder of submissions with nbgrader")
+    p.add_argument("submissions", type=Path, help="folder holding <student_id>/<assignment>/<notebook>.ipynb")
+    p.add_argument("--out", type=Path, default=Path("grades.csv"), help="CSV of grades (default: grades.csv)")
+    p.add_argument("--feedback-dir", type=Path, default=None,
+                   help="where feedback HTML goes, as <student>/<assignment>/<notebook>.html "
+                        "(default: a 'feedback' folder next to --out)")
+    p.add_argument("--course-dir", type=Path, default=None,
+                   help="nbgrader working folder for submitted/autograded copies (default: autograder/course)")
+    p.add_argument("--db", type=Path, default=None,
+                   help="SQLite gradebook file (default: gradebook.db in the course dir)")
+    p.add_argument("--timeout", type=int, default=None, help="seconds per cell before it is interrupted (default: 30)")
+    p.add_argument("--assignment", action="append", dest="only", help="grade only this assignment (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    args = parser.parse_args(argv)
+    # nbgrader shells out to `alembic` (gradebook migrations) by name: make this interpreter's
+    # scripts findable even when the virtualenv is not activated.
+    scripts = str(Path(sys.executable).parent)
+    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+
+    try:
+        if args.command == "release":
+            return release(args.assignments)
+        if args.command == "validate":
+            return validate(args.assignments)
+        from autograder.grading import GradingError, grade
+
+        try:
+            grade(args.submissions, out=args.out, feedback_dir=args.feedback_dir, course_dir=args.course_dir,
+                  db=args.db, timeout=args.timeout, only=args.only, progress=not args.quiet)
+        except GradingError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    except ConfigNotLoaded as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

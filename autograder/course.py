@@ -1,0 +1,44 @@
+"""Where the course's files are, and the nbgrader configuration that describes them."""
+from pathlib import Path
+
+from traitlets.config import Config, PyFileConfigLoader
+
+PACKAGE = Path(__file__).resolve().parent
+REPO = PACKAGE.parent
+CONFIG_FILE = PACKAGE / "nbgrader_config.py"
+SOLUTIONS = REPO / "solutions"
+EXERCISES = REPO / "exercises"
+COURSE_ID = "rlhf-course"
+
+
+class ConfigNotLoaded(RuntimeError):
+    """The nbgrader config is missing or broken (nbgrader itself would log and carry on)."""
+
+
+def load_config(path: Path = CONFIG_FILE) -> Config:
+    """Load the nbgrader config file, raising instead of falling back to defaults.
+
+    nbgrader logs a config file that raises and continues with defaults (exit 0): grading would then
+    run without the timeout, the minimal tracebacks and the hidden-test filter. We refuse instead.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigNotLoaded(f"nbgrader config {path} does not exist")
+    try:
+        config = PyFileConfigLoader(path.name, path=str(path.parent)).load_config()
+    except Exception as exc:  # any error inside the file: syntax, import, ...
+        raise ConfigNotLoaded(f"nbgrader config {path} failed to load: {type(exc).__name__}: {exc}") from exc
+    if config.get("CourseDirectory", {}).get("course_id") != COURSE_ID:
+        raise ConfigNotLoaded(f"nbgrader config {path} loaded but does not set CourseDirectory.course_id = {COURSE_ID!r}")
+    return config
+
+
+def assignments(root: Path = SOLUTIONS) -> list[str]:
+    """Assignment names: the folders of ``solutions/`` that hold at least one notebook."""
+    return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and any(p.glob("*.ipynb")))
+
+
+def notebooks(assignment: str, root: Path = SOLUTIONS) -> list[str]:
+    """Notebook names (without .ipynb) of one assignment."""
+    return sorted(p.stem for p in (Path(root) / assignment).glob("*.ipynb"))
