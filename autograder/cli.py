@@ -6,13 +6,13 @@
 """
 import argparse
 import logging
-import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
-from autograder.course import EXERCISES, SOLUTIONS, ConfigNotLoaded, assignments, load_config, notebooks
+from autograder.course import EXERCISES, REPO, SOLUTIONS, ConfigNotLoaded, assignments, load_config, notebooks
 
 
 def _api(config):
@@ -23,34 +23,32 @@ def _api(config):
     return api
 
 
-def release(only: list[str] | None = None) -> int:
+def release(only: list[str] | None = None, solutions: Path = SOLUTIONS, exercises: Path = EXERCISES) -> int:
     """Regenerate exercises/<assignment>/ from solutions/ for every (or the named) assignment."""
     config = load_config()
-    names = only or assignments()
+    config.CourseDirectory.source_directory = str(Path(solutions).resolve())
+    config.CourseDirectory.release_directory = str(Path(exercises).resolve())
+    names = only or assignments(solutions)
     with tempfile.TemporaryDirectory() as tmp:
         # A throw-away gradebook: releasing must not depend on (or be blocked by) grading state.
         config.CourseDirectory.db_url = f"sqlite:///{tmp}/release.db"
         api = _api(config)
         for name in names:
-            if not (SOLUTIONS / name).is_dir():
-                print(f"error: no assignment {name!r} in {SOLUTIONS}", file=sys.stderr)
+            if not (solutions / name).is_dir():
+                print(f"error: no assignment {name!r} in {solutions}", file=sys.stderr)
                 return 2
-            shutil.rmtree(EXERCISES / name, ignore_errors=True)  # no stale files survive a release
+            shutil.rmtree(exercises / name, ignore_errors=True)  # no stale files survive a release
             result = api.generate_assignment(name, force=True, create=True)
-            if not result["success"]:
-                print(f"error: generate_assignment {name} failed:\n{result.get('error') or result.get('log')}",
-                      file=sys.stderr)
+            made = sorted(p.name for p in (exercises / name).glob("*.ipynb"))
+            if not result["success"] or made != sorted(f"{nb}.ipynb" for nb in notebooks(name, solutions)):
+                print(f"error: nbgrader generate_assignment {name} failed (wrote {made or 'nothing'}):\n"
+                      f"{result.get('log') or result.get('error')}", file=sys.stderr)
                 return 1
-            made = sorted(p.name for p in (EXERCISES / name).glob("*.ipynb"))
-            if made != sorted(f"{nb}.ipynb" for nb in notebooks(name)):
-                print(f"error: generate_assignment {name} wrote {made}, expected every notebook of "
-                      f"{SOLUTIONS / name}", file=sys.stderr)
-                return 1
-            print(f"released {name}: {', '.join(made)} -> {(EXERCISES / name).relative_to(EXERCISES.parent)}/")
+            print(f"released {name}: {', '.join(made)} -> {exercises / name}/")
     return 0
 
 
-def validate(only: list[str] | None = None) -> int:
+def validate(only: list[str] | None = None, solutions: Path = SOLUTIONS, exercises: Path = EXERCISES) -> int:
     """Every solution passes all its test cells; every released stub fails every test cell.
 
     nbgrader's own `validate` command exits 0 either way, so we read the Validator's results.
@@ -59,16 +57,16 @@ def validate(only: list[str] | None = None) -> int:
 
     config = load_config()
     problems = []
-    for name in only or assignments():
-        for nb in notebooks(name):
-            for folder, invert in ((SOLUTIONS, False), (EXERCISES, True)):
+    for name in only or assignments(solutions):
+        for nb in notebooks(name, solutions):
+            for folder, invert in ((solutions, False), (exercises, True)):
                 path = folder / name / f"{nb}.ipynb"
                 if not path.exists():
                     problems.append(f"{path}: missing (run `python -m autograder release`)")
                     continue
                 validator = Validator(config=config, invert=invert, ignore_checksums=not invert)
                 result = validator.validate(str(path))
-                rel = path.relative_to(folder.parent)
+                rel = path.relative_to(folder.parent) if folder.parent == REPO else path
                 bad = result.get("passed" if invert else "failed", []) + result.get("changed", [])
                 if bad or "type_changed" in result:
                     what = "test cells PASS on the unsolved stub" if invert else "test cells FAIL on the solution"
@@ -83,6 +81,9 @@ def validate(only: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every submission: noise.
+    warnings.filterwarnings("ignore", module="nbgrader")
+    warnings.filterwarnings("ignore", message=".*not in session.*")
     parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,11 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--assignment", action="append", dest="only", help="grade only this assignment (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     args = parser.parse_args(argv)
-    # nbgrader shells out to `alembic` (gradebook migrations) by name: make this interpreter's
-    # scripts findable even when the virtualenv is not activated.
-    scripts = str(Path(sys.executable).parent)
-    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
 
     try:
         if args.command == "release":

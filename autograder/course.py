@@ -1,4 +1,6 @@
 """Where the course's files are, and the nbgrader configuration that describes them."""
+import os
+import sys
 from pathlib import Path
 
 from traitlets.config import Config, PyFileConfigLoader
@@ -21,6 +23,11 @@ def load_config(path: Path = CONFIG_FILE) -> Config:
     nbgrader logs a config file that raises and continues with defaults (exit 0): grading would then
     run without the timeout, the minimal tracebacks and the hidden-test filter. We refuse instead.
     """
+    # nbgrader shells out to `alembic` (gradebook migrations) by name: make this interpreter's
+    # scripts findable even when the virtualenv is not activated.
+    scripts = str(Path(sys.executable).parent)
+    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
     path = Path(path)
     if not path.is_file():
         raise ConfigNotLoaded(f"nbgrader config {path} does not exist")

@@ -22,8 +22,10 @@ c.CourseDirectory.db_url = "sqlite:///" + os.path.join(REPO, "autograder", "cour
 # Per-cell time limit while autograding. The ExecutePreprocessor.timeout key is ignored by nbgrader.
 c.Execute.timeout = 30
 # Minimal tracebacks: a failing hidden test shows its exception and message, never its source lines.
-# (The in-memory history file is ipykernel's default for nbgrader; keep it when overriding.)
-c.Execute.extra_arguments = ["--HistoryManager.hist_file=:memory:", "--InteractiveShell.xmode=Minimal"]
+# (The in-memory history file is ipykernel's default for nbgrader; keep it when overriding. The
+# kernel's own start-up warnings would only clutter the instructor's progress bar.)
+c.Execute.extra_arguments = ["--HistoryManager.hist_file=:memory:", "--InteractiveShell.xmode=Minimal",
+                             "--IPKernelApp.log_level=ERROR"]
 
 # Feedback must not contain hidden tests: nbgrader's default feedback shows every cell as graded.
 c.GenerateFeedback.preprocessors = [GetGrades, CSSHTMLHeaderPreprocessor, ClearHiddenTests]

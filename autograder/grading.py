@@ -1,0 +1,274 @@
+"""`python -m autograder grade`: real nbgrader autograde for a folder of submissions.
+
+The submissions folder holds ``<student_id>/<assignment>/<notebook>.ipynb`` (what `nbgrader collect`
+produces, or an unzipped LMS download). Every student × assignment gets a row in the CSV, whatever
+went wrong with their files: one broken submission never stops the class.
+"""
+import csv
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from autograder.course import EXERCISES, PACKAGE, SOLUTIONS, assignments, load_config, notebooks
+
+CSV_FIELDS = ["student_id", "assignment", "score", "max_score", "status", "message"]
+
+
+class GradingError(RuntimeError):
+    """The run as a whole cannot proceed (as opposed to one bad submission)."""
+
+
+@dataclass
+class Row:
+    student_id: str
+    assignment: str
+    score: float = 0.0
+    max_score: float = 0.0
+    status: str = "ok"          # ok | warning | missing | invalid | error
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, status: str, message: str) -> None:
+        rank = ["ok", "warning", "missing", "invalid", "error"]
+        if rank.index(status) > rank.index(self.status):
+            self.status = status
+        self.notes.append(message)
+
+    def as_dict(self) -> dict:
+        return {"student_id": self.student_id, "assignment": self.assignment,
+                "score": _fmt(self.score), "max_score": _fmt(self.max_score),
+                "status": self.status, "message": "; ".join(self.notes)}
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _test_cells(nb) -> dict[str, str]:
+    """grade_id -> source of every autograded test cell of a notebook."""
+    out = {}
+    for cell in nb.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("grade") and not meta.get("solution") and cell.cell_type == "code":
+            out[meta.get("grade_id")] = cell.source
+    return out
+
+
+def _read_notebook(path: Path):
+    """Parse and validate a submitted notebook; raise ValueError with a student-readable reason."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path.name} is not a readable notebook (invalid JSON: {exc})") from None
+    try:
+        nb = nbformat.reads(json.dumps(raw), as_version=4)
+        nbformat.validate(nb)
+    except Exception as exc:  # nbformat raises several types for malformed notebooks
+        raise ValueError(f"{path.name} is not a valid notebook ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200]})") from None
+    return nb
+
+
+def _configure(course_dir: Path, db: Path, timeout: int | None):
+    config = load_config()
+    config.CourseDirectory.root = str(course_dir)
+    # Hidden tests come from the gradebook, which generate_assignment fills from solutions/.
+    config.CourseDirectory.source_directory = str(SOLUTIONS)
+    config.CourseDirectory.release_directory = "release"
+    config.CourseDirectory.db_url = f"sqlite:///{db}"
+    if timeout is not None:
+        config.Execute.timeout = timeout
+    return config
+
+
+def _prepare_gradebook(api, db_url: str, names: list[str]) -> dict[str, float]:
+    """Make sure the gradebook knows each assignment (with its hidden tests); return max scores."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    max_scores = {}
+    for name in names:
+        with Gradebook(db_url) as gb:
+            try:
+                assignment = gb.find_assignment(name)
+                has_submissions = len(assignment.submissions) > 0
+            except MissingEntry:
+                assignment, has_submissions = None, False
+        if has_submissions:
+            _warn_if_stale(db_url, name)
+        else:
+            result = api.generate_assignment(name, force=True, create=True)
+            if not result["success"]:
+                raise GradingError(f"nbgrader generate_assignment {name} failed: "
+                                   f"{(result.get('error') or '').strip().splitlines()[-1:]}")
+        with Gradebook(db_url) as gb:
+            max_scores[name] = float(gb.find_assignment(name).max_score)
+    return max_scores
+
+
+def _warn_if_stale(db_url: str, name: str) -> None:
+    """An assignment graded before keeps its stored tests; say so if solutions/ has changed since."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(db_url) as gb:
+        for nb_name in notebooks(name):
+            source = _test_cells(nbformat.read(SOLUTIONS / name / f"{nb_name}.ipynb", as_version=4))
+            for grade_id, text in source.items():
+                try:
+                    stored = gb.find_source_cell(grade_id, nb_name, name).source
+                except MissingEntry:
+                    stored = None
+                if stored != text:
+                    print(f"warning: the gradebook holds an older version of {name}/{nb_name} (cell {grade_id}); "
+                          "grading uses the stored tests. Use a new --db to grade with the current solutions.",
+                          file=sys.stderr)
+                    return
+
+
+def _collect(student_dir: Path, name: str, dest: Path, row: Row) -> list[str]:
+    """Copy one student's notebooks for one assignment into nbgrader's submitted/ folder.
+
+    Returns the notebook names that will be graded; records on `row` everything unusual.
+    """
+    folder = student_dir / name
+    if not folder.is_dir():
+        row.note("missing", f"no {name}/ folder in the submission")
+        return []
+    expected = notebooks(name)
+    present = {p.stem: p for p in folder.glob("*.ipynb")}
+    unexpected = sorted(set(present) - set(expected))
+    missing = [nb for nb in expected if nb not in present]
+    if len(missing) == 1 and len(unexpected) == 1:
+        # A single renamed notebook ("rlhf_update_rules (1).ipynb"): grade it under its real name.
+        present[missing[0]] = present.pop(unexpected[0])
+        row.note("warning", f"graded {unexpected[0]}.ipynb as {missing[0]}.ipynb (renamed notebook)")
+        missing, unexpected = [], []
+    for nb in missing:
+        row.note("missing", f"{nb}.ipynb not found" + (f" (found {', '.join(u + '.ipynb' for u in unexpected)})"
+                                                      if unexpected else ""))
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    graded = []
+    for nb_name in expected:
+        if nb_name not in present:
+            continue
+        try:
+            nb = _read_notebook(present[nb_name])
+        except ValueError as exc:
+            row.note("invalid", f"{exc}: scored 0")
+            continue
+        released = _test_cells(nbformat.read(EXERCISES / name / f"{nb_name}.ipynb", as_version=4))
+        submitted = _test_cells(nb)
+        deleted = [g for g in released if g not in submitted]
+        tampered = [g for g in released if g in submitted and submitted[g].strip() != released[g].strip()]
+        if deleted:
+            row.note("warning", f"{nb_name}: test cell(s) {', '.join(deleted)} deleted, scored 0")
+        if tampered:
+            row.note("warning", f"{nb_name}: test cell(s) {', '.join(tampered)} edited; the originals were "
+                                "restored before grading")
+        nbformat.write(nb, dest / f"{nb_name}.ipynb")
+        graded.append(nb_name)
+    return graded
+
+
+def _summarise_outputs(autograded: Path, row: Row, timeout: int) -> None:
+    """Add a note for cells that hit the time limit (the usual sign of an infinite loop)."""
+    for path in sorted(autograded.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        timed_out = [c.get("metadata", {}).get("nbgrader", {}).get("grade_id", f"cell {i}")
+                     for i, c in enumerate(nb.cells) if c.cell_type == "code"
+                     and any(o.get("ename") == "CellTimeoutError" for o in c.get("outputs", []))]
+        if timed_out:
+            row.note("warning", f"{path.stem}: {', '.join(timed_out)} ran longer than {timeout}s and "
+                                "were interrupted (infinite loop?)")
+
+
+def _record_scores(db_url: str, row: Row) -> None:
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(db_url) as gb:
+        try:
+            submission = gb.find_submission(row.assignment, row.student_id)
+        except MissingEntry:
+            return
+        row.score = float(submission.score)
+        failed = []
+        for nb in submission.notebooks:
+            for grade in nb.grades:
+                if grade.max_score and (grade.score or 0) < grade.max_score and grade.cell.cell_type == "code":
+                    failed.append(f"{grade.name} ({_fmt(grade.score or 0)}/{_fmt(grade.max_score)})")
+        if failed:
+            row.notes.append("lost points in " + ", ".join(failed))
+
+
+def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path | None = None,
+          course_dir: Path | None = None, db: Path | None = None, timeout: int | None = None,
+          only: list[str] | None = None, progress: bool = True) -> list[dict]:
+    """Autograde every student × assignment under `submissions`; write the CSV and feedback HTML."""
+    from nbgrader.apps.api import NbGraderAPI
+    from tqdm.auto import tqdm
+
+    submissions = Path(submissions).resolve()
+    if not submissions.is_dir():
+        raise GradingError(f"submissions folder {submissions} does not exist or is not a folder")
+    students = sorted(p.name for p in submissions.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    if not students:
+        raise GradingError(f"{submissions} holds no <student_id>/ folders")
+    names = only or assignments()
+    unknown = [n for n in names if n not in assignments()]
+    if unknown:
+        raise GradingError(f"unknown assignment(s) {', '.join(unknown)}; known: {', '.join(assignments())}")
+    course_dir = Path(course_dir or PACKAGE / "course").resolve()
+    course_dir.mkdir(parents=True, exist_ok=True)
+    db = Path(db or course_dir / "gradebook.db").resolve()
+    out = Path(out).resolve()
+    feedback_dir = Path(feedback_dir or out.parent / "feedback").resolve()
+
+    config = _configure(course_dir, db, timeout)
+    db_url = config.CourseDirectory.db_url
+    api = NbGraderAPI(config=config)
+    api.log.setLevel("ERROR")
+    max_scores = _prepare_gradebook(api, db_url, names)
+
+    rows = []
+    jobs = [(s, n) for s in students for n in names]
+    bar = tqdm(jobs, desc="grading", unit="submission", disable=not progress, file=sys.stderr)
+    for student, name in bar:
+        bar.set_postfix_str(f"{student}/{name}")
+        row = Row(student, name, max_score=max_scores[name])
+        rows.append(row)
+        graded = _collect(submissions / student, name, course_dir / "submitted" / student / name, row)
+        if not graded:
+            continue
+        result = api.autograde(name, student, force=True, create=True)
+        if not result["success"]:
+            last = (result.get("error") or "").strip().splitlines()[-1:] or ["unknown error"]
+            row.note("error", f"nbgrader could not autograde this submission: {last[0]}")
+            continue
+        _summarise_outputs(course_dir / "autograded" / student / name, row, config.Execute.timeout)
+        _record_scores(db_url, row)
+        result = api.generate_feedback(name, student, force=True)
+        if result["success"]:
+            src = course_dir / "feedback" / student / name
+            dst = feedback_dir / student / name
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
+        else:
+            row.note("warning", "feedback HTML could not be generated")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(r.as_dict() for r in rows)
+    if progress:
+        width = max(len(r.student_id) for r in rows)
+        for r in rows:
+            print(f"{r.student_id:<{width}}  {r.assignment}  {_fmt(r.score):>5}/{_fmt(r.max_score):<5} {r.status:<8} "
+                  f"{'; '.join(r.notes)}")
+        print(f"wrote {out} ({len(rows)} rows) and feedback HTML under {feedback_dir}")
+    return [r.as_dict() for r in rows]

@@ -1,0 +1,121 @@
+"""End to end: `python -m autograder grade` on a synthetic class, with a real SQLite gradebook."""
+import csv
+import sqlite3
+import sys
+
+import pytest
+
+from autograder import SOLUTIONS, load_config
+from autograder.course import ConfigNotLoaded
+from conftest import REPO, autograder, run
+from notebook_text import hidden_test_lines, leaked, visible_text
+from synthetic_class import ASSIGNMENT, NOTEBOOK, WRONG, make_class
+
+TIMEOUT = 5  # seconds per cell: the infinite loop costs this once per Part B test cell
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    """Grade the synthetic class once, from a working directory outside the repository."""
+    root = tmp_path_factory.mktemp("class")
+    expect = make_class(root / "submissions")
+    proc = autograder("grade", root / "submissions", "--out", root / "out/grades.csv",
+                      "--course-dir", root / "course", "--timeout", TIMEOUT, cwd=root)
+    with open(root / "out/grades.csv", newline="") as f:
+        rows = {r["student_id"]: r for r in csv.DictReader(f)}
+    return root, expect, rows, proc
+
+
+def test_one_row_per_student_with_the_lms_columns(graded):
+    root, expect, rows, _ = graded
+    assert set(rows) == set(expect)
+    header = (root / "out/grades.csv").read_text().splitlines()[0]
+    assert header == "student_id,assignment,score,max_score,status,message"
+    assert all(r["assignment"] == ASSIGNMENT and float(r["max_score"]) == 15 for r in rows.values())
+
+
+def test_scores_and_messages(graded):
+    _, expect, rows, _ = graded
+    wrong = []
+    for student, want in expect.items():
+        row, score = rows[student], float(rows[student]["score"])
+        if "score" in want and score != want["score"]:
+            wrong.append(f"{student}: score {score}, expected {want['score']} ({row['message']})")
+        if want.get("below_full") and not score < 15:
+            wrong.append(f"{student}: full marks for a wrong implementation")
+        if "status" in want and row["status"] != want["status"]:
+            wrong.append(f"{student}: status {row['status']}, expected {want['status']} ({row['message']})")
+        if "message" in want and want["message"] not in row["message"]:
+            wrong.append(f"{student}: message {row['message']!r} lacks {want['message']!r}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_at_least_four_wrong_implementations_per_function():
+    per_function = {}
+    for func, *_ in WRONG.values():
+        per_function[func] = per_function.get(func, 0) + 1
+    assert per_function == {"rlhf_weight_update": 6, "rlhf_policy_gradient": 9}
+    assert "pg_identical_branches" in WRONG
+
+
+def test_real_sqlite_gradebook(graded):
+    root, expect, rows, _ = graded
+    with sqlite3.connect(root / "course/gradebook.db") as db:
+        students = {s for (s,) in db.execute("SELECT id FROM student")}
+        n_graded = db.execute("SELECT COUNT(*) FROM submitted_assignment").fetchone()[0]
+    submitted = {s for s, r in rows.items() if r["status"] not in ("invalid", "missing")}
+    assert submitted <= students and n_graded == len(submitted)
+
+
+def test_feedback_for_every_graded_student_without_hidden_tests(graded):
+    root, _, rows, _ = graded
+    secrets = hidden_test_lines(SOLUTIONS / ASSIGNMENT / f"{NOTEBOOK}.ipynb")
+    assert len(secrets) > 20
+    for student, row in rows.items():
+        html = root / "out/feedback" / student / ASSIGNMENT / f"{NOTEBOOK}.html"
+        if row["status"] in ("invalid", "missing"):
+            assert not html.exists()
+            continue
+        assert html.exists(), f"no feedback for {student}"
+        text = visible_text(html)
+        assert leaked(secrets, text) == [], f"feedback of {student} shows hidden tests"
+    # The feedback shows what a failing hidden test says, not its code.
+    text = visible_text(root / "out/feedback/pg_sample_std" / ASSIGNMENT / f"{NOTEBOOK}.html")
+    assert "AssertionError" in text
+
+
+def test_progress_bar_and_summary(graded):
+    _, _, _, proc = graded
+    assert "grading" in proc.stderr and "submission" in proc.stderr  # tqdm on stderr
+    assert "correct" in proc.stdout and "15/15" in proc.stdout
+
+
+def test_missing_submissions_folder_is_a_one_line_error(tmp_path):
+    proc = autograder("grade", tmp_path / "nope", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
+
+
+def test_empty_submissions_folder_is_an_error(tmp_path):
+    (tmp_path / "subs").mkdir()
+    proc = autograder("grade", tmp_path / "subs", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "no <student_id>/ folders" in proc.stderr
+
+
+def test_broken_config_fails_loudly(tmp_path):
+    bad = tmp_path / "nbgrader_config.py"
+    bad.write_text("c = get_config()\nc.CourseDirectory.course_id = 'rlhf-course'\nraise ValueError('typo')\n")
+    with pytest.raises(ConfigNotLoaded, match="typo"):
+        load_config(bad)
+    other = tmp_path / "other" / "nbgrader_config.py"
+    other.parent.mkdir()
+    other.write_text("c = get_config()\n")
+    with pytest.raises(ConfigNotLoaded, match="course_id"):
+        load_config(other)
+
+
+def test_config_paths_do_not_depend_on_the_working_directory(tmp_path):
+    proc = run(sys.executable, "-c", "from autograder import load_config; c = load_config(); "
+               "print(c.CourseDirectory.root); print(c.Execute.timeout)", cwd=tmp_path)
+    root, timeout = proc.stdout.split()
+    assert root == str(REPO) and int(timeout) > 0

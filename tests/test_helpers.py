@@ -1,0 +1,61 @@
+"""Unit tests of the installed helper package rlhf_course."""
+import matplotlib as mpl
+import numpy as np
+import pytest
+
+import rlhf_course
+from rlhf_course import PALETTE, finite_difference_grad, seed_everything, use_course_style
+
+
+def test_installed_not_path_hacked():
+    # The package must come from the editable install, not from a sys.path edit in a notebook.
+    assert rlhf_course.__file__.endswith("rlhf_course/__init__.py")
+
+
+def test_seed_everything_repeats_numpy_python_and_torch():
+    import random
+
+    import torch
+
+    draws = []
+    for _ in range(2):
+        rng = seed_everything(3)
+        draws.append((rng.normal(size=3), np.random.rand(2), random.random(), torch.rand(2).numpy()))
+    for a, b in zip(*draws):
+        assert np.array_equal(a, b)
+    assert not np.array_equal(seed_everything(4).normal(size=3), draws[0][0])
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "0", None])
+def test_seed_everything_rejects_bad_seeds(bad):
+    with pytest.raises(ValueError, match="non-negative int"):
+        seed_everything(bad)
+
+
+def test_finite_difference_matches_analytic_gradient():
+    rng = np.random.default_rng(0)
+    a, x = rng.normal(size=(4, 4)), rng.normal(size=4)
+    f = lambda v: float(v @ a @ v + np.sin(v).sum())  # noqa: E731
+    analytic = (a + a.T) @ x + np.cos(x)
+    assert np.allclose(finite_difference_grad(f, x), analytic, atol=1e-7)
+
+
+def test_finite_difference_keeps_shape_and_input():
+    x = np.arange(6.0).reshape(2, 3)
+    before = x.copy()
+    g = finite_difference_grad(lambda v: float((v ** 2).sum()), x)
+    assert g.shape == (2, 3) and np.allclose(g, 2 * before, atol=1e-6)
+    assert np.array_equal(x, before)
+
+
+def test_finite_difference_detects_a_wrong_gradient():
+    # The oracle must be able to say "no": d/dx x^3 at 2 is 12, not 4 (the derivative of x^2).
+    assert not np.isclose(finite_difference_grad(lambda v: float(v[0] ** 3), np.array([2.0]))[0], 4.0)
+
+
+def test_course_style_sets_okabe_ito_cycle():
+    mpl.rcdefaults()
+    use_course_style()
+    colours = [c["color"] for c in mpl.rcParams["axes.prop_cycle"]]
+    assert colours[:3] == [PALETTE["blue"], PALETTE["orange"], PALETTE["green"]]
+    mpl.rcdefaults()
