@@ -1,0 +1,118 @@
+"""The book builds with warnings as errors, publishes no solution, and renders offline."""
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from autograder import SOLUTIONS, assignments, notebooks
+from conftest import REPO, run
+from notebook_text import leaked, secret_lines
+
+CHAPTERS = ["book/rlhf_update_rules.html"]
+JUPYTER_BOOK = Path(sys.executable).parent / "jupyter-book"
+
+
+@pytest.fixture(scope="module")
+def html(tmp_path_factory) -> Path:
+    """Build the book from scratch, warnings as errors, outside the repository's _build/."""
+    out = tmp_path_factory.mktemp("book")
+    run(JUPYTER_BOOK, "build", REPO, "-W", "--keep-going", "--all", "--path-output", out, timeout=600)
+    return out / "_build" / "html"
+
+
+def test_index_and_chapters_exist(html):
+    assert (html / "index.html").exists()
+    for page in CHAPTERS + ["exercises/rlhf_update_rules/rlhf_update_rules.html"]:
+        assert (html / page).exists(), page
+
+
+def test_no_solution_or_hidden_test_is_published(html):
+    assert not [p for p in html.rglob("*") if "solutions" in p.parts or "autograder" in p.parts or "tests" in p.parts]
+    secrets = [s for a in assignments() for nb in notebooks(a) for s in secret_lines(SOLUTIONS / a / f"{nb}.ipynb")]
+    assert len(secrets) > 20
+    for path in html.rglob("*"):
+        if path.is_file() and path.suffix in (".html", ".js", ".ipynb", ".md", ".txt", ".json") \
+                and "vendor" not in path.parts:
+            found = leaked(secrets, path.read_text(errors="replace"))
+            assert not found, f"{path.relative_to(html)} publishes solution/hidden-test lines: {found[:3]}"
+
+
+def test_pages_load_nothing_from_the_network(html):
+    # Links (<a href>) may point anywhere; what a page *loads* must come from the book itself.
+    loads = re.compile(r'<(?:script|img|iframe)[^>]*\ssrc="([^"]+)"|<link[^>]*\shref="([^"]+)"')
+    for page in html.rglob("*.html"):
+        for src in (a or b for a, b in loads.findall(page.read_text())):
+            assert not re.match(r"(https?:)?//", src), f"{page.relative_to(html)} loads {src}"
+
+
+def test_vendored_assets_are_served(html):
+    vendor = html / "_static" / "vendor"
+    for rel in ["mathjax/tex-mml-chtml.js", "mathjax/input/tex/extensions/cancel.js",
+                "mathjax/output/chtml/fonts/woff-v2/MathJax_Main-Regular.woff", "requirejs/require.js",
+                "html-manager/embed-amd.js", "mathjax/LICENSE", "html-manager/LICENSE"]:
+        assert (vendor / rel).is_file(), rel
+
+
+def test_launch_and_download_buttons_on_notebook_pages(html):
+    page = (html / "exercises/rlhf_update_rules/rlhf_update_rules.html").read_text()
+    for host in ("colab.research.google.com", "mybinder.org", "/hub/user-redirect/git-pull"):
+        assert host in page, f"no {host} launch button"
+    assert "rlhf_update_rules.ipynb" in page and "btn-download-source-button" in page
+    assert (html / "_sources/exercises/rlhf_update_rules/rlhf_update_rules.ipynb").exists()
+
+
+def _chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "headless Chromium is needed: `make test` installs Debian's chromium, or apt-get install chromium"
+    return exe
+
+
+def _offline_prefix() -> list[str]:
+    """Run the browser in a network namespace with no interfaces when we may (root), so 'offline' is real."""
+    unshare = shutil.which("unshare")
+    if unshare and subprocess.run([unshare, "--net", "true"], capture_output=True).returncode == 0:
+        return [unshare, "--net"]
+    return []
+
+
+def _browser(*args) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={tempfile.mkdtemp()}", "--virtual-time-budget=15000",
+             # Belt and braces when no namespace is available: every host name resolves to nothing.
+             "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9"]
+    return subprocess.run(_offline_prefix() + [_chromium(), *flags, *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_math_typeset_and_widgets_rendered_offline(html, page, artifacts):
+    url = (html / page).as_uri()
+    dom = _browser("--dump-dom", url).stdout
+    source = (html / page).read_text()
+    n_math = source.count('class="math notranslate nohighlight"')
+    assert n_math > 10, "the chapter should contain math"
+    typeset = dom.count("<mjx-container")
+    assert typeset >= n_math, f"only {typeset} of {n_math} formulas were typeset by MathJax offline"
+    text = re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S)
+    text = re.sub(r"<[^>]+>", "", text)
+    for raw in ("\\(", "\\[", "$$", "\\begin{"):
+        assert raw not in text, f"raw LaTeX {raw!r} left on the page"
+    if "application/vnd.jupyter.widget-state+json" in source:
+        assert "widget-slider" in dom, "saved widget state did not render (widget JavaScript not served?)"
+    shot = artifacts / (Path(page).stem + ".png")
+    shot.unlink(missing_ok=True)
+    _browser("--window-size=1280,2400", f"--screenshot={shot}", url)
+    assert shot.exists() and shot.stat().st_size > 50_000, "no screenshot of the rendered chapter"
+
+
+def test_browser_check_can_fail(tmp_path):
+    # A page with math but no MathJax must be reported as untypeset: the check above can go red.
+    page = tmp_path / "raw.html"
+    page.write_text('<html><body><span class="math notranslate nohighlight">\\(x^2\\)</span></body></html>')
+    dom = _browser("--dump-dom", page.as_uri()).stdout
+    assert "<mjx-container" not in dom and "\\(x^2\\)" in dom
