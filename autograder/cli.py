@@ -9,7 +9,6 @@ import logging
 import shutil
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 from autograder.course import EXERCISES, REPO, SOLUTIONS, ConfigNotLoaded, assignments, load_config, notebooks
@@ -81,9 +80,6 @@ def validate(only: list[str] | None = None, solutions: Path = SOLUTIONS, exercis
 
 
 def main(argv: list[str] | None = None) -> int:
-    # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every submission: noise.
-    warnings.filterwarnings("ignore", module="nbgrader")
-    warnings.filterwarnings("ignore", message=".*not in session.*")
     parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -8,6 +8,7 @@ import csv
 import json
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,6 +212,9 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
     """Autograde every student × assignment under `submissions`; write the CSV and feedback HTML."""
     from nbgrader.apps.api import NbGraderAPI
     from tqdm.auto import tqdm
+
+    # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every submission: noise.
+    warnings.filterwarnings("ignore", message=".*not in session.*")
 
     submissions = Path(submissions).resolve()
     if not submissions.is_dir():
