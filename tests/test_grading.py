@@ -1,5 +1,6 @@
 """End to end: `python -m autograder grade` on a synthetic class, with a real SQLite gradebook."""
 import csv
+import shutil
 import sqlite3
 import sys
 
@@ -119,3 +120,19 @@ def test_config_paths_do_not_depend_on_the_working_directory(tmp_path):
                "print(c.CourseDirectory.root); print(c.Execute.timeout)", cwd=tmp_path)
     root, timeout = proc.stdout.split()
     assert root == str(REPO) and int(timeout) > 0
+
+
+def test_regrading_into_the_same_gradebook_replaces_scores(tmp_path):
+    # Week 2: the same gradebook, a resubmission. No stale-tests warning, new score replaces the old.
+    make_class(tmp_path / "all")
+    for student, keep in (("correct", "correct"), ("stub", "correct")):
+        subs = tmp_path / f"run_{student}"
+        (subs / keep).parent.mkdir(parents=True)
+        shutil.copytree(tmp_path / "all" / student, subs / keep)
+        proc = autograder("grade", subs, "--out", tmp_path / "g.csv", "--course-dir", tmp_path / "course",
+                          "--quiet", cwd=tmp_path)
+        assert "older version" not in proc.stderr
+    rows = list(csv.DictReader(open(tmp_path / "g.csv")))
+    assert [(r["student_id"], r["score"]) for r in rows] == [("correct", "0")]
+    with sqlite3.connect(tmp_path / "course/gradebook.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM submitted_assignment").fetchone()[0] == 1
