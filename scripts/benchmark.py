@@ -17,13 +17,13 @@ sys.path.insert(0, str(REPO / "tests"))  # the synthetic class lives with the te
 
 from autograder import SOLUTIONS, assignments, notebooks  # noqa: E402
 from autograder.grading import grade  # noqa: E402
-from synthetic_class import make_class  # noqa: E402
+from synthetic_class import make_bad_files_class  # noqa: E402
 
 
 def time_grading() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        make_class(tmp / "all")
+        make_bad_files_class(tmp / "all")
         shutil.rmtree(tmp / "all" / "infinite_loop")  # its cost is the timeout, by design
         one = tmp / "one"
         shutil.copytree(tmp / "all" / "correct", one / "correct")

@@ -10,7 +10,9 @@ from autograder import SOLUTIONS, load_config
 from autograder.course import ConfigNotLoaded
 from conftest import REPO, autograder, run
 from notebook_text import hidden_test_lines, leaked, visible_text
-from synthetic_class import ASSIGNMENT, NOTEBOOK, WRONG, make_class
+from synthetic_class import class_modules, load_class, make_bad_files_class, make_wrong_class, solution_bodies
+
+ASSIGNMENT = NOTEBOOK = "rlhf_update_rules"
 
 TIMEOUT = 5  # seconds per cell: the infinite loop costs this once per Part B test cell
 
@@ -19,7 +21,7 @@ TIMEOUT = 5  # seconds per cell: the infinite loop costs this once per Part B te
 def graded(tmp_path_factory):
     """Grade the synthetic class once, from a working directory outside the repository."""
     root = tmp_path_factory.mktemp("class")
-    expect = make_class(root / "submissions")
+    expect = make_bad_files_class(root / "submissions")
     proc = autograder("grade", root / "submissions", "--out", root / "out/grades.csv",
                       "--course-dir", root / "course", "--timeout", TIMEOUT, cwd=root)
     with open(root / "out/grades.csv", newline="") as f:
@@ -35,8 +37,7 @@ def test_one_row_per_student_with_the_lms_columns(graded):
     assert all(r["assignment"] == ASSIGNMENT and float(r["max_score"]) == 15 for r in rows.values())
 
 
-def test_scores_and_messages(graded):
-    _, expect, rows, _ = graded
+def _check(expect, rows):
     wrong = []
     for student, want in expect.items():
         row, score = rows[student], float(rows[student]["score"])
@@ -51,12 +52,31 @@ def test_scores_and_messages(graded):
     assert not wrong, "\n".join(wrong)
 
 
-def test_at_least_four_wrong_implementations_per_function():
-    per_function = {}
-    for func, *_ in WRONG.values():
-        per_function[func] = per_function.get(func, 0) + 1
-    assert per_function == {"rlhf_weight_update": 6, "rlhf_policy_gradient": 9}
-    assert "pg_identical_branches" in WRONG
+def test_scores_and_messages(graded):
+    _, expect, rows, _ = graded
+    _check(expect, rows)
+
+
+@pytest.mark.parametrize("assignment", class_modules())
+def test_at_least_four_wrong_implementations_per_function(assignment):
+    module = load_class(assignment)
+    per_cell = {gid: 0 for gid in solution_bodies(assignment, getattr(module, "NOTEBOOK", assignment))}
+    for cell, *_ in module.WRONG.values():
+        per_cell[cell] += 1
+    for gid in getattr(module, "FUNCTIONS", per_cell):
+        assert per_cell[gid] >= 4, f"{assignment}: only {per_cell[gid]} wrong implementations of {gid}"
+    if assignment == "rlhf_update_rules":
+        assert "pg_identical_branches" in module.WRONG
+
+
+@pytest.mark.parametrize("assignment", [a for a in class_modules() if a != "rlhf_update_rules"])
+def test_wrong_implementations_lose_points(assignment, tmp_path):
+    # rlhf_update_rules' wrong students are graded in the `graded` fixture above, with the bad files.
+    expect = make_wrong_class(tmp_path / "submissions", assignment)
+    autograder("grade", tmp_path / "submissions", "--out", tmp_path / "grades.csv", "--course-dir",
+               tmp_path / "course", "--assignment", assignment, "--quiet", cwd=tmp_path)
+    with open(tmp_path / "grades.csv", newline="") as f:
+        _check(expect, {r["student_id"]: r for r in csv.DictReader(f)})
 
 
 def test_real_sqlite_gradebook(graded):
@@ -124,7 +144,7 @@ def test_config_paths_do_not_depend_on_the_working_directory(tmp_path):
 
 def test_regrading_into_the_same_gradebook_replaces_scores(tmp_path):
     # Week 2: the same gradebook, a resubmission. No stale-tests warning, new score replaces the old.
-    make_class(tmp_path / "all")
+    make_wrong_class(tmp_path / "all", ASSIGNMENT)
     for student, keep in (("correct", "correct"), ("stub", "correct")):
         subs = tmp_path / f"run_{student}"
         (subs / keep).parent.mkdir(parents=True)
