@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", type=Path, default=None,
                    help="SQLite gradebook file (default: gradebook.db in the course dir)")
     p.add_argument("--timeout", type=int, default=None, help="seconds per cell before it is interrupted (default: 30)")
-    p.add_argument("--assignment", action="append", dest="only", help="grade only this assignment (repeatable)")
+    p.add_argument("--assignment", action="append", dest="only", help="grade only this assignment (repeatable; default: every assignment someone handed in)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     args = parser.parse_args(argv)
 

@@ -222,10 +222,16 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
     students = sorted(p.name for p in submissions.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
     if not students:
         raise GradingError(f"{submissions} holds no <student_id>/ folders")
-    names = only or assignments()
-    unknown = [n for n in names if n not in assignments()]
+    unknown = [n for n in only or [] if n not in assignments()]
     if unknown:
         raise GradingError(f"unknown assignment(s) {', '.join(unknown)}; known: {', '.join(assignments())}")
+    # By default grade every assignment that at least one student handed in: an LMS download of week 3
+    # should not give the whole class "missing" rows for weeks 1-2. A student without a folder that
+    # classmates have still gets a "missing" row.
+    names = only or [n for n in assignments() if any((submissions / s / n).is_dir() for s in students)]
+    if not names:
+        raise GradingError(f"no <student_id>/<assignment>/ folders under {submissions}; "
+                           f"known assignments: {', '.join(assignments())}")
     course_dir = Path(course_dir or PACKAGE / "course").resolve()
     course_dir.mkdir(parents=True, exist_ok=True)
     db = Path(db or course_dir / "gradebook.db").resolve()

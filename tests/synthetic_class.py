@@ -67,7 +67,7 @@ def make_wrong_class(root: Path, assignment: str) -> dict[str, dict]:
     expect["stub"] = {"score": 0.0, "status": "ok"}
     for student, (cell, old, new, _why) in module.WRONG.items():
         write(student, fill(stub(assignment, notebook), {**correct, cell: mutate(correct[cell], old, new)}))
-        expect[student] = {"below_full": True, "status": "ok"}
+        expect[student] = {"below": module.FULL_SCORE, "status": "ok"}
     return expect
 
 
@@ -94,7 +94,7 @@ def make_bad_files_class(root: Path) -> dict[str, dict]:
         if cell.metadata.get("nbgrader", {}).get("grade_id") == "test_rlhf_policy_gradient_clipping":
             cell.source = "assert True  # trust me"
     write("tampered", nb)
-    expect["tampered"] = {"below_full": True, "status": "warning", "message": "edited; the originals were restored"}
+    expect["tampered"] = {"below": full, "status": "warning", "message": "edited; the originals were restored"}
 
     # Deletes one test cell of an otherwise correct notebook: that cell scores 0.
     nb = fill(stub(assignment, notebook), correct)
