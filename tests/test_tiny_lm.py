@@ -1,0 +1,281 @@
+"""The tiny GPT-2 of the text world: tokenizer, config, cache, policy loader and sampling plumbing.
+
+The real tiny LM is built once per session through the default path (``load_tiny_lm()``, cached in
+``$RLHF_COURSE_CACHE`` or ``~/.cache/rlhf_course``: about a minute the first time, about a second
+afterwards). Cache mechanics are tested on quick, deliberately bad builds in temporary folders.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from rlhf_course import textworld as tw
+from rlhf_course.tiny_lm import (
+    EOS_TOKEN, PAD_TOKEN, TinyLMBuild, generate_responses, load_tiny_lm, position_ids_from_mask,
+    tiny_gpt2_config, tiny_lm_dir, tiny_lm_info, train_tokenizer,
+)
+
+QUICK = TinyLMBuild(n_reviews=300, n_heldout=20, steps=2, batch_size=4, warmup=1)
+"""A build that takes a few seconds and learns nothing: for cache mechanics only."""
+GRAMMAR_WORDS = set(" ".join(tw.SUBJECTS + tw.NEUTRAL + tw.OPENERS + tw.VERBS + tw.ADVERBS
+                             + tw.CONJUNCTIONS).split()) | set(tw.LEXICON) | {"."}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Run each test on one torch thread: tiny matmuls gain nothing from two, and on a CPU shared with
+    other processes two spinning threads make sampling ~20x slower. Restored after each test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The default tiny LM (built on the first run on this machine, loaded afterwards)."""
+    return load_tiny_lm(progress=False)
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+# ------------------------------------------------------------------ tokenizer and config
+def test_tokenizer_special_ids_and_round_trip():
+    """pad != eos (pad = eos would hide the real EOS); decode(encode(review)) == review."""
+    reviews = tw.sample_reviews(500, seed=1)
+    tok = train_tokenizer(reviews, vocab_size=400)
+    assert len(tok) == 400
+    assert tok.eos_token == tok.bos_token == EOS_TOKEN and tok.pad_token == PAD_TOKEN
+    assert (tok.eos_token_id, tok.pad_token_id) == (0, 1)
+    assert tok.padding_side == "right"
+    for r in tw.sample_reviews(50, seed=2) + ["Junk ### ünïcode text!!"]:
+        ids = tok(r).input_ids
+        assert tok.decode(ids) == r, "round trip failed: clean_up_tokenization_spaces on?"
+        assert EOS_TOKEN not in tok.decode(ids) and 0 not in ids, "nothing special is added on encode"
+    assert tok.decode(tok(reviews[0] + EOS_TOKEN).input_ids, skip_special_tokens=True) == reviews[0]
+
+
+def test_tiny_config_size_and_dropout():
+    """1–2 M parameters, every dropout 0, special ids set."""
+    from transformers import GPT2LMHeadModel
+
+    config = tiny_gpt2_config(512)
+    n_params = sum(p.numel() for p in GPT2LMHeadModel(config).parameters())
+    assert 1e6 <= n_params <= 2e6, n_params
+    assert config.resid_pdrop == config.embd_pdrop == config.attn_pdrop == 0.0
+    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (0, 0, 1)
+    assert tiny_gpt2_config(512, n_layer=2).n_layer == 2
+
+
+def test_position_ids_from_mask_by_hand():
+    """cumsum(mask) - 1, clamped at 0: a left-padded row starts at position 0."""
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 1, 0]])
+    want = torch.tensor([[0, 0, 0, 1, 2], [0, 1, 2, 3, 4], [0, 0, 1, 2, 2]])
+    assert torch.equal(position_ids_from_mask(mask), want)
+
+
+# ------------------------------------------------------------------ cache mechanics
+def test_build_then_load_from_cache(tmp_path, capsys):
+    """First call builds into the cache, second loads identical weights and says so."""
+    model, tok = load_tiny_lm(cache_dir=tmp_path, progress=False, build=QUICK)
+    assert "built" in capsys.readouterr().out
+    assert not model.training and next(model.parameters()).device.type == "cpu"
+    folder = tiny_lm_dir(tmp_path, QUICK)
+    assert folder.is_dir() and (folder / "build_info.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name], "temporary build folders left behind"
+    model2, tok2 = load_tiny_lm(cache_dir=tmp_path, progress=False, build=QUICK)
+    out = capsys.readouterr().out
+    assert "loaded" in out and str(folder) in out
+    w1, w2 = _weights(model), _weights(model2)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert tok2(tw.sample_reviews(1)[0]).input_ids == tok(tw.sample_reviews(1)[0]).input_ids
+    assert tiny_lm_info(tmp_path, QUICK)["n_params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_build_is_deterministic_and_hash_tracks_settings(tmp_path):
+    """Same settings -> same weights (rebuild=True); other settings -> another cache folder."""
+    model, _ = load_tiny_lm(cache_dir=tmp_path, progress=False, build=QUICK)
+    again, _ = load_tiny_lm(cache_dir=tmp_path, progress=False, build=QUICK, rebuild=True)
+    w1, w2 = _weights(model), _weights(again)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1), "the build must be deterministic given its seed"
+    other = TinyLMBuild(**{**QUICK.__dict__, "seed": 1})
+    assert tiny_lm_dir(tmp_path, other) != tiny_lm_dir(tmp_path, QUICK)
+    assert tiny_lm_dir(tmp_path).name.startswith("tiny_lm-v")
+
+
+def test_cache_dir_from_environment(tmp_path, monkeypatch):
+    """Without an argument the cache is $RLHF_COURSE_CACHE."""
+    monkeypatch.setenv("RLHF_COURSE_CACHE", str(tmp_path / "c"))
+    assert tiny_lm_dir(build=QUICK).parent == tmp_path / "c"
+
+
+@pytest.mark.parametrize("damage", ["no_info", "truncated_weights", "garbage_info"])
+def test_partial_or_corrupted_cache_is_rebuilt(tmp_path, capsys, damage):
+    """A folder without build_info.json, with broken weights or a broken info file is never used."""
+    load_tiny_lm(cache_dir=tmp_path, progress=False, build=QUICK)
+    folder = tiny_lm_dir(tmp_path, QUICK)
+    if damage == "no_info":
+        (folder / "build_info.json").unlink()
+    elif damage == "truncated_weights":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        (folder / "build_info.json").write_text("{not json")
+    capsys.readouterr()
+    model, tok = load_tiny_lm(cache_dir=tmp_path, progress=False, build=QUICK)
+    out = capsys.readouterr().out
+    assert "ignoring unusable cache" in out and "built" in out, out
+    assert model(torch.tensor([[0, 5, 6]])).logits.isfinite().all()
+    assert (folder / "build_info.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name], "leftover temporary folders"
+
+
+def test_two_processes_building_at_once(tmp_path):
+    """Two processes building the same cache concurrently both succeed and leave one good copy."""
+    code = textwrap.dedent(f"""
+        from rlhf_course.tiny_lm import TinyLMBuild, load_tiny_lm
+        model, tok = load_tiny_lm(cache_dir={str(tmp_path)!r}, progress=False, build=TinyLMBuild(**{QUICK.__dict__!r}))
+        print("OK", sum(p.numel() for p in model.parameters()))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and "OK" in out, err[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [tiny_lm_dir(tmp_path, QUICK).name]
+    model, _ = load_tiny_lm(cache_dir=tmp_path, progress=False, build=QUICK)  # loads, does not build
+
+
+# ------------------------------------------------------------------ the real tiny LM
+def test_pretrained_model_learned_the_language(tiny):
+    """Held-out loss far below the unigram baseline; completions are reviews that end with EOS."""
+    model, tok = tiny
+    info = tiny_lm_info()
+    assert info["heldout_loss"] < 0.6 * info["unigram_loss"], info
+    prompts = tw.sample_prompts(48, seed=11)
+    for do_sample in (False, True):
+        out = generate_responses(model, tok, prompts, max_new_tokens=24, seed=0, do_sample=do_sample)
+        R = out["response_mask"].shape[1]
+        ended = (out["query_response"][:, -R:] == tok.eos_token_id).any(-1).float().mean().item()
+        assert ended >= 0.85, f"only {ended:.0%} of completions ended with EOS (do_sample={do_sample})"
+        words = [w for r in out["responses"] for w in r.split()]
+        grammatical = np.mean([w in GRAMMAR_WORDS for w in words])
+        assert grammatical >= 0.95, f"{grammatical:.0%} grammar words: {out['responses'][:5]}"
+        full_ok = np.mean([(p + " " + r).endswith(" .") for p, r in zip(prompts, out["responses"])])
+        assert full_ok >= 0.85
+
+
+def test_generate_shapes_masks_and_eos(tiny):
+    """Shapes, masks up to and including the first EOS, pad after it, determinism given seed."""
+    model, tok = tiny
+    prompts = ["the pasta was", "honestly the waiter seemed", "i think the soup was"] * 4
+    out = generate_responses(model, tok, prompts, max_new_tokens=10, seed=3)
+    qr, am, rm, ctx = out["query_response"], out["attention_mask"], out["response_mask"], out["context_length"]
+    assert ctx == max(len(tok(p).input_ids) for p in prompts)
+    assert qr.shape == am.shape == (12, ctx + 10) and rm.shape == (12, 10)
+    assert qr.dtype == torch.long and rm.dtype == torch.float32
+    response = qr[:, ctx:]                                                     # (B, R)
+    for row, mask in zip(response, rm):
+        eos = (row == tok.eos_token_id).nonzero()
+        n_real = int(eos[0]) + 1 if len(eos) else 10
+        assert mask.tolist() == [1.0] * n_real + [0.0] * (10 - n_real), "mask must include the first EOS"
+        assert (row[n_real:] == tok.pad_token_id).all(), "slots after EOS must hold pad"
+        assert (row[:n_real] != tok.pad_token_id).all(), "pad is never a real token"
+    assert torch.equal(am[:, ctx:], rm.long())
+    assert torch.equal(am[:, :ctx], (qr[:, :ctx] != tok.pad_token_id).long()), "queries are left-padded"
+    assert am[:, ctx - 1].all(), "left padding: every query's last token is real"
+    again = generate_responses(model, tok, prompts, max_new_tokens=10, seed=3)
+    assert torch.equal(again["query_response"], qr) and again["responses"] == out["responses"]
+    other = generate_responses(model, tok, prompts, max_new_tokens=10, seed=4)
+    assert not torch.equal(other["query_response"], qr)
+    for r in out["responses"]:
+        assert not r.startswith(" ") and EOS_TOKEN not in r and PAD_TOKEN not in r
+
+
+def test_pad_is_never_sampled(tiny):
+    """At a very high temperature (near-uniform sampling) the pad token still never appears."""
+    model, tok = tiny
+    out = generate_responses(model, tok, ["the soup was"] * 32, max_new_tokens=12, temperature=50.0)
+    real = out["query_response"][:, out["context_length"]:][out["response_mask"].bool()]
+    assert (real != tok.pad_token_id).all()
+
+
+def test_greedy_generation_is_padding_invariant(tiny):
+    """A row generates the same greedy tokens alone and inside a left-padded batch."""
+    model, tok = tiny
+    prompts = ["the pasta was", "honestly the waiter seemed", "i think the wine was", "the bread seemed"]
+    batch = generate_responses(model, tok, prompts, max_new_tokens=12, do_sample=False)
+    assert len({len(tok(p).input_ids) for p in prompts}) > 1, "prompts must need padding"
+    for i, p in enumerate(prompts):
+        alone = generate_responses(model, tok, [p], max_new_tokens=12, do_sample=False)
+        assert torch.equal(alone["query_response"][0, alone["context_length"]:],
+                           batch["query_response"][i, batch["context_length"]:]), p
+        assert alone["responses"][0] == batch["responses"][i]
+
+
+def test_cached_sampling_matches_a_full_forward(tiny):
+    """Oracle for the key/value-cache loop: one full forward (position ids from the mask) on the
+    returned query_response predicts every greedy token."""
+    model, tok = tiny
+    out = generate_responses(model, tok, tw.sample_prompts(8, seed=4), max_new_tokens=12, do_sample=False)
+    qr, am, ctx = out["query_response"], out["attention_mask"], out["context_length"]
+    with torch.no_grad():
+        logits = model(input_ids=qr, attention_mask=am, position_ids=position_ids_from_mask(am)).logits
+    logits[..., tok.pad_token_id] = -float("inf")
+    pred = logits[:, ctx - 1:-1].argmax(-1)                       # (B, R): token t is predicted at ctx-1+t
+    real = out["response_mask"].bool()
+    assert torch.equal(pred[real], qr[:, ctx:][real])
+
+
+# ------------------------------------------------------------------ load_policy
+def test_load_policy_offline_falls_back_to_tiny(tiny, tmp_path):
+    """With an empty Hugging Face cache, "gpt2" and "auto" fall back to the tiny LM with a message."""
+    code = textwrap.dedent("""
+        from rlhf_course.tiny_lm import load_policy
+        for name in ("gpt2", "auto", "tiny"):
+            model, tok, desc = load_policy(name)
+            print("DESC", name, desc, tok.pad_token_id != tok.eos_token_id)
+    """)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
+    env.pop("HF_HUB_OFFLINE", None)  # load_policy itself must make the hub offline
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert sum("not in the local Hugging Face cache" in line for line in lines) == 2, proc.stdout
+    for name in ("gpt2", "auto", "tiny"):
+        assert any(line.startswith(f"DESC {name} tiny") and line.endswith("True") for line in lines), proc.stdout
+    with pytest.raises(ValueError):
+        from rlhf_course.tiny_lm import load_policy
+        load_policy("gpt3")
+
+
+def test_gpt2_branch_adds_a_distinct_pad_and_turns_dropout_off(tmp_path, monkeypatch):
+    """The GPT-2 loader on a local GPT-2-shaped checkpoint (no pad, dropout on): pad added and distinct,
+    embeddings resized to the new vocabulary, every dropout 0, eval() mode, nothing downloaded."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from rlhf_course.tiny_lm import _load_gpt2
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(tw.sample_reviews(200), trainers.BpeTrainer(
+        vocab_size=300, special_tokens=[EOS_TOKEN], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN).save_pretrained(tmp_path)
+    GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=32, n_embd=32, n_layer=1, n_head=2,
+                               bos_token_id=0, eos_token_id=0)).save_pretrained(tmp_path)  # dropouts 0.1
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # restored (unset) after the test
+    model, tok = _load_gpt2(str(tmp_path))
+    assert tok.pad_token == PAD_TOKEN and tok.pad_token_id != tok.eos_token_id and len(tok) == 301
+    assert model.get_input_embeddings().num_embeddings == 301 and model.config.pad_token_id == tok.pad_token_id
+    assert not model.training and all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    out = generate_responses(model, tok, ["the soup was", "overall the pasta seemed"], max_new_tokens=4)
+    assert out["query_response"].shape[1] == out["context_length"] + 4
