@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv book test release validate browser clean
+.PHONY: help venv models book test release validate browser clean
 
 help:
 	@echo "make book      build the book into _build/html (warnings are errors)"
@@ -22,7 +22,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-book: $(STAMP)
+# The tiny GPT-2 of chapters 3-4 is trained once (<= 60 s) and cached in ~/.cache/rlhf_course
+# ($$RLHF_COURSE_CACHE): build it up front so no executed cell waits for it.
+models: $(STAMP)
+	$(PY) -m rlhf_course.tiny_lm
+
+book: $(STAMP) models
 	$(VENV)/bin/jupyter-book build . -W --keep-going --all
 
 release: $(STAMP)
@@ -38,7 +43,7 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || { echo "error: headless Chromium is missing: install Debian's 'chromium' package (needs root)"; exit 1; }
 
-test: $(STAMP) browser
+test: $(STAMP) browser models
 	$(PY) -m pytest
 
 clean:

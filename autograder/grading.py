@@ -7,6 +7,7 @@ went wrong with their files: one broken submission never stops the class.
 import csv
 import json
 import shutil
+import subprocess
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -206,6 +207,24 @@ def _record_scores(db_url: str, row: Row) -> None:
             row.notes.append("lost points in " + ", ".join(failed))
 
 
+def _warm_caches(names: list[str], progress: bool) -> None:
+    """Build the cached tiny GPT-2 once, before grading, if an assignment uses it.
+
+    A cold build takes up to a minute: inside a graded cell it would hit the per-cell timeout and cost
+    every student of the class the points of that cell.
+    """
+    markers = ("rlhf_course.tiny_lm", "rlhf_course.rlhf_ppo")  # the modules that load it
+    uses_tiny_lm = [n for n in names if any(m in (SOLUTIONS / n / f"{nb}.ipynb").read_text()
+                                            for nb in notebooks(n) for m in markers)]
+    if uses_tiny_lm:
+        proc = subprocess.run([sys.executable, "-m", "rlhf_course.tiny_lm"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise GradingError("could not build the tiny GPT-2 that " + ", ".join(uses_tiny_lm) +
+                               " needs: " + (proc.stderr.strip().splitlines() or ["unknown error"])[-1])
+        if progress:
+            print(proc.stdout.strip().splitlines()[-1], file=sys.stderr)
+
+
 def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path | None = None,
           course_dir: Path | None = None, db: Path | None = None, timeout: int | None = None,
           only: list[str] | None = None, progress: bool = True) -> list[dict]:
@@ -238,6 +257,7 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
     out = Path(out).resolve()
     feedback_dir = Path(feedback_dir or out.parent / "feedback").resolve()
 
+    _warm_caches(names, progress)
     config = _configure(course_dir, db, timeout)
     db_url = config.CourseDirectory.db_url
     api = NbGraderAPI(config=config)

@@ -485,3 +485,9 @@ def generate_responses(model, tokenizer, prompts: list[str], max_new_tokens: int
         "response_mask": response_mask,
         "responses": texts,
     }
+
+
+if __name__ == "__main__":
+    # `python -m rlhf_course.tiny_lm`: build (or find) the cached tiny GPT-2 before anything times out
+    # waiting for it: the book's executed pages, graded notebooks (30 s per cell) and the tests.
+    load_tiny_lm()

@@ -1,5 +1,6 @@
 """End to end: `python -m autograder grade` on a synthetic class, with a real SQLite gradebook."""
 import csv
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -73,9 +74,11 @@ def test_at_least_four_wrong_implementations_per_function(assignment):
 def _grade_in_parallel(submissions, assignment, tmp_path, workers=2) -> dict[str, dict]:
     """Grade a class as `workers` independent runs (own course dir and gradebook each) at the same time.
 
-    Each student's notebook runs a real training micro-run; two processes use both cores.
+    Each student's notebook runs a real training micro-run; two processes use both cores. One torch
+    thread per kernel: two kernels with two spinning threads each on two cores run several times slower.
     """
     students = sorted(p.name for p in submissions.iterdir())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = []
     for w in range(workers):
         part = tmp_path / f"part{w}"
@@ -83,7 +86,7 @@ def _grade_in_parallel(submissions, assignment, tmp_path, workers=2) -> dict[str
             shutil.copytree(submissions / student, part / student)
         cmd = [sys.executable, "-m", "autograder", "grade", part, "--out", tmp_path / f"grades{w}.csv",
                "--course-dir", tmp_path / f"course{w}", "--assignment", assignment, "--quiet"]
-        procs.append(subprocess.Popen([str(c) for c in cmd], cwd=tmp_path, stdout=subprocess.PIPE,
+        procs.append(subprocess.Popen([str(c) for c in cmd], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     rows = {}
     for w, proc in enumerate(procs):
@@ -195,3 +198,18 @@ def test_by_default_only_submitted_assignments_are_graded(tmp_path):
     assert [(r["student_id"], r["assignment"], r["status"]) for r in rows] == [
         ("absent", ASSIGNMENT, "missing"), ("correct", ASSIGNMENT, "ok")]
     assert float(rows[1]["score"]) == 15
+
+
+def test_the_tiny_lm_is_built_before_grading_the_chapters_that_use_it(tmp_path, monkeypatch, capsys):
+    # A cold build inside a graded cell would hit the 30 s cell timeout for the whole class.
+    from autograder.grading import _warm_caches
+    from rlhf_course.tiny_lm import tiny_lm_dir
+
+    cached = tiny_lm_dir()
+    assert (cached / "build_info.json").exists(), "make test builds the tiny LM first (make models)"
+    shutil.copytree(cached, tmp_path / cached.name)
+    monkeypatch.setenv("RLHF_COURSE_CACHE", str(tmp_path))
+    _warm_caches(["policy_gradient"], progress=True)
+    assert capsys.readouterr().err == ""                       # no model needed, none loaded
+    _warm_caches(["rlhf_ppo"], progress=True)
+    assert f"loaded from {tmp_path}" in capsys.readouterr().err

@@ -1,0 +1,170 @@
+"""Unit tests of rlhf_course.rlhf_ppo, the PPO-RLHF scaffolding (with reference graded functions).
+
+The reference functions below are written differently from the exercise's solution on purpose (loops,
+torch instead of numpy where convenient), so that a shared mistake cannot hide.
+"""
+import numpy as np
+import pytest
+import torch
+
+from rlhf_course.rlhf_ppo import (TRL_METRICS, FixedKLController, RLHFConfig, make_rlhf_state, make_value_head,
+                                  ppo_rlhf_iteration, token_gae)
+
+
+def ref_kl_estimates(log_probs, ref_log_probs):
+    q = np.exp(np.asarray(ref_log_probs) - np.asarray(log_probs))   # π_ref / π
+    return -np.log(q), 0.5 * np.log(q) ** 2, q - 1 - np.log(q)
+
+
+def ref_per_token_rewards(scores, log_probs, ref_log_probs, mask, kl_coef):
+    out = np.zeros(np.shape(mask))
+    for i in range(out.shape[0]):
+        real = np.flatnonzero(np.asarray(mask)[i] > 0)
+        out[i, real] = -kl_coef * (log_probs[i, real] - ref_log_probs[i, real])
+        out[i, real[-1]] += scores[i]
+    return out
+
+
+def ref_masked_mean(x, mask):
+    return float(np.asarray(x)[np.asarray(mask) > 0].mean())
+
+
+def ref_masked_whiten(x, mask, shift_mean=True):
+    x, mask = np.asarray(x, dtype=float), np.asarray(mask)
+    real = x[mask > 0]
+    out = (x - real.mean()) / np.sqrt(real.var() + 1e-8) + (0.0 if shift_mean else real.mean())
+    return np.where(mask > 0, out, 0.0)
+
+
+def ref_response_log_probs(logits, input_ids, context_length, temperature=1.0):
+    logp = torch.log_softmax(logits[:, context_length - 1:-1] / temperature, dim=-1)
+    return logp.gather(-1, input_ids[:, context_length:, None])[..., 0]
+
+
+FNS = dict(response_log_probs=ref_response_log_probs, per_token_rewards=ref_per_token_rewards,
+           masked_mean=ref_masked_mean, masked_whiten=ref_masked_whiten, kl_estimates=ref_kl_estimates)
+
+
+def tiny(**kwargs) -> RLHFConfig:
+    return RLHFConfig(**{"batch_size": 8, "response_length": 10, "seed": 3, **kwargs})
+
+
+def state_dict_copy(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def one_iteration():
+    cfg = tiny()
+    state = make_rlhf_state(cfg)
+    policy0, ref0 = state_dict_copy(state.policy), state_dict_copy(state.ref_policy)
+    metrics = ppo_rlhf_iteration(state, cfg, **FNS)
+    return cfg, state, policy0, ref0, metrics
+
+
+def test_metrics_have_trl_names_and_sane_values(one_iteration):
+    _, _, _, _, metrics = one_iteration
+    missing = [k for k in TRL_METRICS if k not in metrics]
+    assert not missing, f"missing TRL metrics: {missing}"
+    assert metrics["sanity/first_ratio_max_dev"] < 1e-4, "ratio must be 1 on the first minibatch"
+    for key in ("loss/policy_avg", "loss/value_avg", "objective/kl", "policy/approxkl_avg", "val/ratio"):
+        assert np.isfinite(metrics[key]), key
+    assert 0 <= metrics["policy/clipfrac_avg"] <= 1 and metrics["policy/approxkl_avg"] >= 0
+    # Before any update policy and reference are the same model: the KL of the rollout is exactly 0.
+    assert metrics["objective/kl"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics["objective/rlhf_reward"] == pytest.approx(metrics["objective/scores"], abs=1e-5)
+
+
+def test_policy_moves_reference_does_not(one_iteration):
+    _, state, policy0, ref0, _ = one_iteration
+    assert any(not torch.equal(v, state.policy.state_dict()[k]) for k, v in policy0.items())
+    assert all(torch.equal(v, state.ref_policy.state_dict()[k]) for k, v in ref0.items())
+    assert all(not p.requires_grad for p in state.ref_policy.parameters())
+
+
+def test_second_iteration_sees_a_positive_kl(one_iteration):
+    cfg, state, _, _, _ = one_iteration
+    metrics = ppo_rlhf_iteration(state, cfg, **FNS)
+    assert metrics["objective/kl"] != 0.0 and metrics["objective/kl_k3"] > 0, "the policy moved: KL(π‖π_ref) > 0"
+    assert metrics["sanity/first_ratio_max_dev"] < 1e-4
+    assert metrics["episode"] == 2 * cfg.batch_size and len(state.history) == 2
+
+
+def test_value_head_starts_at_zero():
+    head = make_value_head(16)
+    assert torch.equal(head(torch.randn(3, 16)), torch.zeros(3, 1))
+
+
+def test_deterministic_under_a_seed():
+    a, b, c = make_rlhf_state(tiny()), make_rlhf_state(tiny()), make_rlhf_state(tiny(seed=4))
+    ma = ppo_rlhf_iteration(a, tiny(), **FNS)
+    mb = ppo_rlhf_iteration(b, tiny(), **FNS)
+    mc = ppo_rlhf_iteration(c, tiny(seed=4), **FNS)
+    assert a.last_rollout["responses"] == b.last_rollout["responses"]
+    for k, v in a.policy.state_dict().items():
+        assert torch.equal(v, b.policy.state_dict()[k])
+    assert ma["loss/policy_avg"] == mb["loss/policy_avg"]
+    assert a.last_rollout["responses"] != c.last_rollout["responses"] or ma["loss/policy_avg"] != mc["loss/policy_avg"]
+
+
+def test_kl_controller_is_called_with_the_rollout_kl():
+    calls = []
+
+    class Spy(FixedKLController):
+        def update(self, current_kl, n_steps):
+            calls.append((current_kl, n_steps))
+
+    state = make_rlhf_state(tiny(), Spy(0.05))
+    metrics = ppo_rlhf_iteration(state, tiny(), **FNS)
+    assert calls == [(metrics["objective/kl"], 8)]
+
+
+def test_student_log_probs_drive_the_gradient():
+    # With a detached response_log_probs nothing reaches the LM on the first (and here only) step: the
+    # value head is zero-initialised, so the value loss sends no gradient into the shared trunk either.
+    def detached(logits, input_ids, context_length, temperature=1.0):
+        return ref_response_log_probs(logits, input_ids, context_length, temperature).detach()
+
+    cfg = tiny(num_ppo_epochs=1, num_minibatches=1)
+    frozen = make_rlhf_state(cfg)
+    policy0 = state_dict_copy(frozen.policy)
+    ppo_rlhf_iteration(frozen, cfg, **{**FNS, "response_log_probs": detached})
+    assert all(torch.equal(v, frozen.policy.state_dict()[k]) for k, v in policy0.items())
+    live = make_rlhf_state(cfg)
+    ppo_rlhf_iteration(live, cfg, **FNS)
+    assert any(not torch.equal(v, live.policy.state_dict()[k]) for k, v in policy0.items())
+
+
+def test_a_broken_function_is_caught():
+    # Off-by-one log-probs are self-consistent (ratio still 1) but give a different KL once the policy
+    # moves; a sign error in the KL reward makes the rewards differ from the reference on every token.
+    state = make_rlhf_state(tiny())
+
+    def plus_kl(scores, log_probs, ref_log_probs, mask, kl_coef):
+        return ref_per_token_rewards(scores, log_probs, ref_log_probs, mask, -kl_coef)
+
+    ppo_rlhf_iteration(state, tiny(), **FNS)
+    good = make_rlhf_state(tiny())
+    ppo_rlhf_iteration(good, tiny(), **FNS)
+    ppo_rlhf_iteration(state, tiny(), **{**FNS, "per_token_rewards": plus_kl})
+    ppo_rlhf_iteration(good, tiny(), **FNS)
+    assert not np.allclose(state.last_rollout["rewards"], good.last_rollout["rewards"])
+
+    def wrong_shape(logits, input_ids, context_length, temperature=1.0):
+        return ref_response_log_probs(logits, input_ids, context_length, temperature)[:, :-1]
+
+    with pytest.raises(Exception):
+        ppo_rlhf_iteration(make_rlhf_state(tiny()), tiny(), **{**FNS, "response_log_probs": wrong_shape})
+
+
+def test_token_gae_matches_explicit_sum():
+    rng = np.random.default_rng(0)
+    rewards, values = rng.normal(size=(3, 5)), rng.normal(size=(3, 5))
+    gamma, lam = 0.9, 0.8
+    adv, ret = token_gae(rewards, values, gamma, lam)
+    nxt = np.concatenate([values[:, 1:], np.zeros((3, 1))], 1)
+    delta = rewards + gamma * nxt - values
+    for t in range(5):
+        want = sum((gamma * lam) ** (k - t) * delta[:, k] for k in range(t, 5))
+        assert np.allclose(adv[:, t], want)
+    assert np.allclose(ret, adv + values)
