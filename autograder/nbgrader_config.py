@@ -20,7 +20,7 @@ c.CourseDirectory.release_directory = "exercises"  # generated student notebooks
 c.CourseDirectory.db_url = "sqlite:///" + os.path.join(REPO, "autograder", "course", "gradebook.db")
 
 # Per-cell time limit while autograding. The ExecutePreprocessor.timeout key is ignored by nbgrader.
-c.Execute.timeout = 30
+c.Execute.timeout = 60  # twice the longest graded micro-run on 2 busy cores (reward model: 12-25 s)
 # Minimal tracebacks: a failing hidden test shows its exception and message, never its source lines.
 # (The in-memory history file is ipykernel's default for nbgrader; keep it when overriding. The
 # kernel's own start-up warnings would only clutter the instructor's progress bar.)
