@@ -34,7 +34,8 @@ def load_config(path: Path = CONFIG_FILE) -> Config:
     try:
         config = PyFileConfigLoader(path.name, path=str(path.parent)).load_config()
     except Exception as exc:  # any error inside the file: syntax, import, ...
-        raise ConfigNotLoaded(f"nbgrader config {path} failed to load: {type(exc).__name__}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [""])[0]  # the CLI prints it as a one-line error
+        raise ConfigNotLoaded(f"nbgrader config {path} failed to load: {type(exc).__name__}: {first}") from exc
     if config.get("CourseDirectory", {}).get("course_id") != COURSE_ID:
         raise ConfigNotLoaded(f"nbgrader config {path} loaded but does not set CourseDirectory.course_id = {COURSE_ID!r}")
     return config

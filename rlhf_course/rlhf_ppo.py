@@ -152,15 +152,22 @@ class RLHFState:
     """one metrics dict per iteration"""
     last_rollout: dict = field(default_factory=dict)
     """prompts, responses, scores, rewards, advantages and mask of the latest iteration"""
+    description: str = ""
+    """which language model the policy is ("tiny (1.09 M params, ...)" or "gpt2 (124 M params, ...)")"""
 
 
-def make_rlhf_state(config: RLHFConfig | None = None, kl_ctl=None) -> RLHFState:
-    """Load the tiny pretrained LM as the policy, freeze a copy as the reference, add a value head."""
-    from rlhf_course.tiny_lm import load_tiny_lm
+def make_rlhf_state(config: RLHFConfig | None = None, kl_ctl=None, policy: str = "tiny") -> RLHFState:
+    """Load a pretrained LM as the policy, freeze a copy as the reference, add a value head.
+
+    policy: "tiny" (the course's 1.1 M-parameter GPT-2, always available), "gpt2" or "auto" (the real
+    GPT-2 from a LOCAL Hugging Face cache, e.g. on a GPU machine; falls back to tiny with a message).
+    See ``rlhf_course.tiny_lm.load_policy``. Every later step is the same code at either scale.
+    """
+    from rlhf_course.tiny_lm import load_policy
 
     cfg = config or RLHFConfig()
     torch.set_num_threads(cfg.torch_threads)
-    policy, tokenizer = load_tiny_lm()
+    policy, tokenizer, description = load_policy(policy)
     policy.train(False)                                        # dropout is 0 anyway; keep it that way
     ref_policy = copy.deepcopy(policy)
     for p in ref_policy.parameters():
@@ -169,7 +176,8 @@ def make_rlhf_state(config: RLHFConfig | None = None, kl_ctl=None) -> RLHFState:
     optimizer = torch.optim.Adam(list(policy.parameters()) + list(value_head.parameters()),
                                  lr=cfg.learning_rate, eps=1e-5)
     return RLHFState(policy, value_head, ref_policy, tokenizer, optimizer,
-                     kl_ctl if kl_ctl is not None else FixedKLController(cfg.init_kl_coef))
+                     kl_ctl if kl_ctl is not None else FixedKLController(cfg.init_kl_coef),
+                     description=description)
 
 
 def _tmean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

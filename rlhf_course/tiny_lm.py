@@ -36,7 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+# huggingface_hub reads HF_HUB_OFFLINE once, when it is first imported (transformers imports it): set it
+# before that, or an unreachable hub costs ~50 s of retries. Nothing in the course downloads; set
+# HF_HUB_OFFLINE=0 before importing this module if you want transformers to reach the hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
 
 from rlhf_course import textworld
 
@@ -355,12 +360,17 @@ def tiny_lm_info(cache_dir=None, build: TinyLMBuild | None = None) -> dict:
 # --------------------------------------------------------------------------------------------------
 def _load_gpt2(name_or_path: str = "gpt2"):
     """GPT-2 from local files only, with a distinct pad token, dropout off, in eval() mode."""
-    os.environ["HF_HUB_OFFLINE"] = "1"  # no retries against an unreachable hub
+    import huggingface_hub.constants as hub_constants
     from transformers import AutoTokenizer
 
-    with _quiet_progress_bars():
-        model = GPT2LMHeadModel.from_pretrained(name_or_path, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+    # Offline for this call even if transformers was imported before this module (see the top).
+    was_offline, hub_constants.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE, True
+    try:
+        with _quiet_progress_bars():
+            model = GPT2LMHeadModel.from_pretrained(name_or_path, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+    finally:
+        hub_constants.HF_HUB_OFFLINE = was_offline
     # GPT-2 has no pad token, and pad = eos would hide the real EOS: add a distinct one
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
@@ -384,7 +394,8 @@ def load_policy(name: str = "auto"):
             "tiny" (``load_tiny_lm()``) or "auto" (gpt2 if available locally, else tiny).
     Returns:
         (model in eval() mode on CPU, tokenizer with a distinct pad token, description string).
-    The hub is never contacted: HF_HUB_OFFLINE=1 is set and ``local_files_only=True`` is passed.
+    The hub is never contacted: importing this module sets HF_HUB_OFFLINE=1 (unless it is already set)
+    before transformers is imported, and ``local_files_only=True`` is passed.
     """
     if name not in ("auto", "gpt2", "tiny"):
         raise ValueError(f"name must be 'auto', 'gpt2' or 'tiny', got {name!r}")

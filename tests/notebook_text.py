@@ -1,6 +1,8 @@
 """Read the parts of nbgrader notebooks that tests look for: hidden tests and solution bodies."""
 import html
+import io
 import re
+import tokenize
 from pathlib import Path
 
 import nbformat
@@ -8,23 +10,57 @@ import nbformat
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 
+# Lines that are Python bookkeeping, not anyone's answer: they occur in any code, so a match proves nothing.
+TRIVIAL = re.compile(r"""(super\(\)\.__init__\(\)|for \w+ in range\(\w*\):|(return|pass|continue|break)\b.{0,12})$""")
+
+
+def without_comments(source: str) -> list[str]:
+    """The lines of `source` with trailing ``#`` comments removed.
+
+    Comments are found with the `tokenize` module, so a ``#`` inside a string is kept. Source that does
+    not tokenize (IPython magics, a half-written cell) falls back to cutting each line at the first
+    `` #`` (space then hash): good enough for the course's cells, which all tokenize.
+    """
+    lines = source.splitlines()
+    cut: dict[int, int] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                cut[tok.start[0] - 1] = tok.start[1]
+    except (tokenize.TokenError, SyntaxError):
+        cut = {i: ln.index(" #") for i, ln in enumerate(lines) if " #" in ln}
+    return [ln[:cut[i]] if i in cut else ln for i, ln in enumerate(lines)]
+
 
 def _regions(source: str, begin: str, end: str) -> list[str]:
-    lines, inside, out = source.splitlines(), False, []
-    for line in lines:
-        if begin in line:
+    inside, out = False, []
+    for raw, code in zip(source.splitlines(), without_comments(source)):
+        if begin in raw:
             inside = True
-        elif end in line:
+        elif end in raw:
             inside = False
         elif inside:
-            out.append(line)
+            out.append(code)
     return out
 
 
 def secret_lines(notebook: Path, min_len: int = 16, solutions: bool = True) -> list[str]:
     """Distinctive lines of the hidden tests (and, if `solutions`, the solutions) of a source notebook.
 
-    Short or generic lines (``else:``, ``_checked += 1``) are left out: they could appear anywhere.
+    Each line is compared without its trailing comment (see `without_comments`): a copy that drops the
+    ``# eq-...`` remark is still the same code. Comment-only lines, lines shorter than `min_len`
+    characters once stripped, and generic bookkeeping (`TRIVIAL`: ``super().__init__()``,
+    ``for t in range(T):``, a short ``return x``) are left out: they could appear anywhere. So is a line
+    the source notebook itself shows outside its hidden/solution regions (a hint that spells out
+    ``logr = ref_log_probs - log_probs``, a visible test's message): nbgrader releases it on purpose.
+
+    Where each kind must not appear (the rule the tests enforce):
+
+    * hidden-test lines: nowhere a student can read (released exercises, the published book, feedback);
+    * solution lines: not in the released exercises, nor on their published pages (``exercises/``).
+      Book chapters may show them: a chapter derives each equation and computes it in code, so a line
+      such as ``advantages = (rewards - rewards.mean()) / (rewards.std() + 1e-8)`` is teaching
+      material there (tests/test_book.py checks chapter pages against `hidden_test_lines` only).
     """
     nb = nbformat.read(notebook, as_version=4)
     regions = [(BEGIN_HIDDEN, END_HIDDEN)] + ([(BEGIN_SOLUTION, END_SOLUTION)] if solutions else [])
@@ -32,7 +68,26 @@ def secret_lines(notebook: Path, min_len: int = 16, solutions: bool = True) -> l
     for cell in nb.cells:
         for begin, end in regions:
             out += [ln.strip() for ln in _regions(cell.source, begin, end)]
-    return sorted({ln for ln in out if len(ln) >= min_len and not ln.startswith("#")})
+    candidates = {ln for ln in out if len(ln) >= min_len and not ln.startswith("#") and not TRIVIAL.match(ln)}
+    # A line the notebook also shows outside every hidden/solution region (a hint in the instructions,
+    # a visible test's message) is released on purpose: not a secret.
+    public = set(leaked(sorted(candidates), _public_text(nb), markers=False))
+    return sorted(candidates - public)
+
+
+def _public_text(nb) -> str:
+    """What nbgrader releases of a source notebook: every cell without its hidden/solution regions."""
+    kept = []
+    for cell in nb.cells:
+        inside = False
+        for line in cell.source.splitlines():
+            if BEGIN_HIDDEN in line or BEGIN_SOLUTION in line:
+                inside = True
+            elif END_HIDDEN in line or END_SOLUTION in line:
+                inside = False
+            elif not inside:
+                kept.append(line)
+    return "\n".join(kept)
 
 
 def visible_text(path: Path) -> str:
@@ -52,11 +107,12 @@ def visible_text(path: Path) -> str:
     return raw
 
 
-def leaked(secrets: list[str], text: str) -> list[str]:
-    """The secret lines that occur in `text` (whitespace-normalised)."""
+def leaked(secrets: list[str], text: str, markers: bool = True) -> list[str]:
+    """The secret lines that occur in `text` (whitespace-normalised), and the region markers if `markers`."""
     squash = lambda s: re.sub(r"\s+", " ", s)  # noqa: E731
     text = squash(text)
-    return [s for s in secrets if squash(s) in text] + [m for m in (BEGIN_HIDDEN, BEGIN_SOLUTION) if m in text]
+    found = [s for s in secrets if squash(s) in text]
+    return found + ([m for m in (BEGIN_HIDDEN, BEGIN_SOLUTION) if m in text] if markers else [])
 
 
 def hidden_test_lines(notebook: Path) -> list[str]:

@@ -4,6 +4,7 @@ Each student starts from the released stub (what a real student downloads) and f
 cells with one implementation: the reference solution, or the solution with one plausible mistake.
 Every assignment lists its mistakes in ``tests/classes/<assignment>.py`` (``WRONG``, ``FULL_SCORE``).
 """
+import ast
 import importlib
 import json
 import re
@@ -71,6 +72,81 @@ def make_wrong_class(root: Path, assignment: str) -> dict[str, dict]:
     return expect
 
 
+def owned_test_cells(assignment: str, notebook: str) -> dict[str, list[str]]:
+    """answer grade_id -> the graded test cells that test it: those after it, up to the next answer cell
+    or the next "## Part" heading. Micro-run parts (no answer cell of their own) belong to no function."""
+    nb = nbformat.read(SOLUTIONS / assignment / f"{notebook}.ipynb", as_version=4)
+    owners: dict[str, list[str]] = {}
+    current = None
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "markdown" and cell.source.lstrip().startswith("## Part"):
+            current = None
+        if meta.get("solution"):
+            current = meta["grade_id"]
+            owners[current] = []
+        elif meta.get("grade") and current is not None:
+            owners[current].append(meta["grade_id"])
+    return owners
+
+
+def _depends(assignment: str, notebook: str) -> dict[str, set[str]]:
+    """answer grade_id -> the other answers its reference code or its own test cells call by name."""
+    nb = nbformat.read(SOLUTIONS / assignment / f"{notebook}.ipynb", as_version=4)
+    source = {c.metadata["nbgrader"]["grade_id"]: c.source for c in nb.cells if c.metadata.get("nbgrader")}
+    owners = owned_test_cells(assignment, notebook)
+    deps = {}
+    for f, tests in owners.items():
+        names = {node.id for code in [source[f], *(source[t] for t in tests)]
+                 for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Name)}   # uses, not docstrings
+        deps[f] = {g for g in owners if g != f and g in names}
+    return deps
+
+
+def make_combined_wrong_class(root: Path, assignment: str) -> dict[str, dict]:
+    """Like make_wrong_class, but each student carries one mistake in EACH of several functions.
+
+    A function's mistake must then cost points in that function's OWN test cells (a stricter check
+    than "the total is below full"), so the mistakes of one student cannot stand in for each other.
+    Two functions whose code or tests call one another are never broken in the same student. Fewer
+    students means fewer notebooks that each pay for a training micro-run.
+    """
+    module = load_class(assignment)
+    notebook = getattr(module, "NOTEBOOK", assignment)
+    correct = solution_bodies(assignment, notebook)
+    owners, deps = owned_test_cells(assignment, notebook), _depends(assignment, notebook)
+    students: list[dict[str, str]] = []          # one {answer grade_id: mistake name} per student
+    for name, (cell, *_rest) in module.WRONG.items():
+        for bugs in students:
+            clash = any(g == cell or g in deps[cell] or cell in deps[g] for g in bugs)
+            if not clash:
+                bugs[cell] = name
+                break
+        else:
+            students.append({cell: name})
+
+    expect: dict[str, dict] = {}
+
+    def write(student, nb):
+        (root / student / assignment).mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, root / student / assignment / f"{notebook}.ipynb")
+
+    write("correct", fill(stub(assignment, notebook), correct))
+    expect["correct"] = {"score": module.FULL_SCORE, "status": "ok"}
+    write("stub", stub(assignment, notebook))
+    expect["stub"] = {"score": 0.0, "status": "ok"}
+    for k, bugs in enumerate(students):
+        student = f"mix{k:02d}_" + "+".join(bugs.values())
+        bodies = dict(correct)
+        for cell, name in bugs.items():
+            _, old, new, _why = module.WRONG[name]
+            bodies[cell] = mutate(correct[cell], old, new)
+        write(student, fill(stub(assignment, notebook), bodies))
+        expect[student] = {"below": module.FULL_SCORE, "status": "ok",
+                           "lose_in": {name: owners[cell] for cell, name in bugs.items()}}
+    return expect
+
+
 def make_bad_files_class(root: Path) -> dict[str, dict]:
     """rlhf_update_rules: the correct/stub/wrong students plus every kind of broken submission."""
     from classes.rlhf_update_rules import FULL_SCORE as full, WRONG
@@ -94,7 +170,12 @@ def make_bad_files_class(root: Path) -> dict[str, dict]:
         if cell.metadata.get("nbgrader", {}).get("grade_id") == "test_rlhf_policy_gradient_clipping":
             cell.source = "assert True  # trust me"
     write("tampered", nb)
-    expect["tampered"] = {"below": full, "status": "warning", "message": "edited; the originals were restored"}
+    # Restored, the clipping test fails on the identical-branch bug (0/3), as does the gradient test
+    # (0/3): exactly pg_identical_branches' score. Graded as tampered (`assert True`) it would give 12.
+    expect["tampered"] = {"score": full - 3 - 3, "status": "warning",
+                          "message": "edited; the originals were restored before grading; "
+                                     "lost points in test_rlhf_policy_gradient_clipping (0/3)"}
+    expect["pg_identical_branches"] = {"score": full - 3 - 3, "status": "ok"}
 
     # Deletes one test cell of an otherwise correct notebook: that cell scores 0.
     nb = fill(stub(assignment, notebook), correct)

@@ -1,6 +1,7 @@
 """End to end: `python -m autograder grade` on a synthetic class, with a real SQLite gradebook."""
 import csv
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -12,7 +13,8 @@ from autograder import SOLUTIONS, load_config
 from autograder.course import ConfigNotLoaded
 from conftest import REPO, autograder, run
 from notebook_text import hidden_test_lines, leaked, visible_text
-from synthetic_class import class_modules, load_class, make_bad_files_class, make_wrong_class, solution_bodies
+from synthetic_class import (class_modules, load_class, make_bad_files_class, make_combined_wrong_class, make_wrong_class,
+                             solution_bodies)
 
 ASSIGNMENT = NOTEBOOK = "rlhf_update_rules"
 
@@ -51,6 +53,12 @@ def _check(expect, rows):
             wrong.append(f"{student}: status {row['status']}, expected {want['status']} ({row['message']})")
         if "message" in want and want["message"] not in row["message"]:
             wrong.append(f"{student}: message {row['message']!r} lacks {want['message']!r}")
+        lost = re.findall(r"(\w+) \([\d.]+/[\d.]+\)", row["message"].split("lost points in", 1)[-1]) \
+            if "lost points in" in row["message"] else []
+        for mistake, cells in want.get("lose_in", {}).items():
+            if not set(cells) & set(lost):
+                wrong.append(f"{student}: mistake {mistake} lost no points in its own test cells {cells} "
+                             f"(lost: {lost})")
     assert not wrong, "\n".join(wrong)
 
 
@@ -99,8 +107,12 @@ def _grade_in_parallel(submissions, assignment, tmp_path, workers=2) -> dict[str
 
 @pytest.mark.parametrize("assignment", [a for a in class_modules() if a != "rlhf_update_rules"])
 def test_wrong_implementations_lose_points(assignment, tmp_path):
-    # rlhf_update_rules' wrong students are graded in the `graded` fixture above, with the bad files.
-    expect = make_wrong_class(tmp_path / "submissions", assignment)
+    # rlhf_update_rules' wrong students are graded one mistake each in the `graded` fixture above, with
+    # the bad files. The chapters' classes carry one mistake per function per student, and each mistake
+    # must cost points in its own function's test cells.
+    expect = make_combined_wrong_class(tmp_path / "submissions", assignment)
+    n_mistakes = sum(len(want.get("lose_in", {})) for want in expect.values())
+    assert n_mistakes == len(load_class(assignment).WRONG), "every listed mistake is handed in"
     rows = _grade_in_parallel(tmp_path / "submissions", assignment, tmp_path)
     assert set(rows) == set(expect)
     _check(expect, rows)

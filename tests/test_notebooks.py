@@ -76,4 +76,17 @@ def test_exercise_notebooks_state_difficulty_time_points_and_hints(assignment, n
         assert word in intro, f"{notebook}: the first cell must state {word}"
     test_cells = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
     assert test_cells and all(c.metadata["nbgrader"]["points"] > 0 for c in test_cells)
-    assert sum("<details>" in c.source for c in nb.cells if c.cell_type == "markdown") >= 1, "offer a collapsed hint"
+    assert "| minutes |" in intro and "| difficulty |" in intro, f"{notebook}: state difficulty and minutes per part"
+    # Every part with something to write offers a collapsed hint before its first answer cell.
+    part, hinted, missing = None, False, []
+    for c in nb.cells:
+        meta = c.metadata.get("nbgrader", {})
+        if c.cell_type == "markdown" and c.source.lstrip().startswith("## Part"):
+            part, hinted = c.source.lstrip().splitlines()[0], False
+        if c.cell_type == "markdown" and "<details>" in c.source:
+            hinted = True
+        if meta.get("solution") and not hinted and part not in missing:
+            missing.append(part)
+        if meta.get("solution"):
+            hinted = True   # a second answer cell of the same part shares its hint
+    assert not missing, f"{notebook}: no collapsed hint before the first answer of {missing}"

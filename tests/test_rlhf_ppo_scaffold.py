@@ -136,8 +136,8 @@ def test_student_log_probs_drive_the_gradient():
 
 
 def test_a_broken_function_is_caught():
-    # Off-by-one log-probs are self-consistent (ratio still 1) but give a different KL once the policy
-    # moves; a sign error in the KL reward makes the rewards differ from the reference on every token.
+    # A sign error in the KL reward makes the rewards differ from the reference once the policy has
+    # moved; log-probs of the wrong shape must raise rather than be broadcast silently.
     state = make_rlhf_state(tiny())
 
     def plus_kl(scores, log_probs, ref_log_probs, mask, kl_coef):
@@ -168,3 +168,26 @@ def test_token_gae_matches_explicit_sum():
         want = sum((gamma * lam) ** (k - t) * delta[:, k] for k in range(t, 5))
         assert np.allclose(adv[:, t], want)
     assert np.allclose(ret, adv + values)
+
+
+def test_the_same_iteration_runs_on_a_gpt2_shaped_policy(tmp_path, monkeypatch):
+    """make_rlhf_state(policy="gpt2") goes through load_policy's GPT-2 branch (another tokenizer, a pad
+    token added to it, resized embeddings) and ppo_rlhf_iteration runs on it unchanged."""
+    import rlhf_course.tiny_lm as tiny_lm
+    from conftest import make_gpt2_shaped_checkpoint
+
+    checkpoint = make_gpt2_shaped_checkpoint(tmp_path / "gpt2-like")
+    load_local = tiny_lm._load_gpt2
+    monkeypatch.setattr(tiny_lm, "_load_gpt2", lambda name="gpt2": load_local(str(checkpoint)))
+    cfg = tiny()
+    state = make_rlhf_state(cfg, policy="gpt2")
+    assert state.description.startswith("gpt2") and state.policy.config.n_embd == 32
+    assert state.tokenizer.pad_token_id != state.tokenizer.eos_token_id
+    policy0 = state_dict_copy(state.policy)
+    # An untrained model writes bytes the gold reward scores 0: score the response length instead.
+    metrics = ppo_rlhf_iteration(state, cfg, **FNS, reward_fn=lambda texts: np.array([len(t) / 10 for t in texts]))
+    assert metrics["sanity/first_ratio_max_dev"] < 1e-4 and metrics["objective/scores"] > 0
+    assert all(np.isfinite(metrics[k]) for k in ("loss/policy_avg", "loss/value_avg", "objective/scores"))
+    assert any(not torch.equal(v, state.policy.state_dict()[k]) for k, v in policy0.items())
+    with pytest.raises(ValueError):
+        make_rlhf_state(cfg, policy="gpt-3")

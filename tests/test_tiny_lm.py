@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_gpt2_shaped_checkpoint
 from rlhf_course import textworld as tw
 from rlhf_course.tiny_lm import (
     EOS_TOKEN, PAD_TOKEN, TinyLMBuild, generate_responses, load_tiny_lm, position_ids_from_mask,
@@ -237,16 +238,28 @@ def test_cached_sampling_matches_a_full_forward(tiny):
 def test_load_policy_offline_falls_back_to_tiny(tiny, tmp_path):
     """With an empty Hugging Face cache, "gpt2" and "auto" fall back to the tiny LM with a message."""
     code = textwrap.dedent("""
+        import socket
+        attempts = []
+        def refuse(self, address, *args, **kwargs):
+            attempts.append(address)
+            raise OSError("network disabled by the test")
+        socket.socket.connect = refuse          # any hub request would land here
+        socket.socket.connect_ex = refuse
         from rlhf_course.tiny_lm import load_policy
+        import huggingface_hub.constants as hub_constants   # first imported by the line above
+        print("HUB_OFFLINE_AT_IMPORT", hub_constants.HF_HUB_OFFLINE)
         for name in ("gpt2", "auto", "tiny"):
             model, tok, desc = load_policy(name)
             print("DESC", name, desc, tok.pad_token_id != tok.eos_token_id)
+        print("CONNECTS", len(attempts))
     """)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
     env.pop("HF_HUB_OFFLINE", None)  # load_policy itself must make the hub offline
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
+    assert "CONNECTS 0" in lines, f"the loader tried the network: {proc.stdout}"
+    assert "HUB_OFFLINE_AT_IMPORT True" in lines, "importing rlhf_course.tiny_lm must make the hub offline first"
     assert sum("not in the local Hugging Face cache" in line for line in lines) == 2, proc.stdout
     for name in ("gpt2", "auto", "tiny"):
         assert any(line.startswith(f"DESC {name} tiny") and line.endswith("True") for line in lines), proc.stdout
@@ -258,24 +271,15 @@ def test_load_policy_offline_falls_back_to_tiny(tiny, tmp_path):
 def test_gpt2_branch_adds_a_distinct_pad_and_turns_dropout_off(tmp_path, monkeypatch):
     """The GPT-2 loader on a local GPT-2-shaped checkpoint (no pad, dropout on): pad added and distinct,
     embeddings resized to the new vocabulary, every dropout 0, eval() mode, nothing downloaded."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    import huggingface_hub.constants as hub_constants
     from rlhf_course.tiny_lm import _load_gpt2
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(tw.sample_reviews(200), trainers.BpeTrainer(
-        vocab_size=300, special_tokens=[EOS_TOKEN], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN).save_pretrained(tmp_path)
-    GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=32, n_embd=32, n_layer=1, n_head=2,
-                               bos_token_id=0, eos_token_id=0)).save_pretrained(tmp_path)  # dropouts 0.1
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # restored (unset) after the test
+    make_gpt2_shaped_checkpoint(tmp_path)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)  # as if transformers came in before us
     model, tok = _load_gpt2(str(tmp_path))
+    assert hub_constants.HF_HUB_OFFLINE is False, "the loader must restore the hub's offline flag"
     assert tok.pad_token == PAD_TOKEN and tok.pad_token_id != tok.eos_token_id and len(tok) == 301
     assert model.get_input_embeddings().num_embeddings == 301 and model.config.pad_token_id == tok.pad_token_id
     assert not model.training and all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
     out = generate_responses(model, tok, ["the soup was", "overall the pasta seemed"], max_new_tokens=4)
     assert out["query_response"].shape[1] == out["context_length"] + 4
