@@ -54,21 +54,37 @@ def stub(assignment: str, notebook: str):
 def make_wrong_class(root: Path, assignment: str) -> dict[str, dict]:
     """The reference solution, the untouched stub, and one student per entry of WRONG."""
     module = load_class(assignment)
+    return _write_class(root, assignment, {name: {cell: name} for name, (cell, *_rest) in module.WRONG.items()})
+
+
+def _write_class(root: Path, assignment: str, students: dict[str, dict[str, str]]) -> dict[str, dict]:
+    """Write "correct", "stub" and each student {answer grade_id: mistake name}; return the expectations.
+
+    A student's mistake in a function must cost points in that function's own test cells (`lose_in`).
+    """
+    module = load_class(assignment)
     notebook = getattr(module, "NOTEBOOK", assignment)
     correct = solution_bodies(assignment, notebook)
+    owners = owned_test_cells(assignment, notebook)
     expect: dict[str, dict] = {}
 
-    def write(student, nb):
+    def write(student, bodies):
         (root / student / assignment).mkdir(parents=True, exist_ok=True)
+        nb = fill(stub(assignment, notebook), bodies) if bodies is not None else stub(assignment, notebook)
         nbformat.write(nb, root / student / assignment / f"{notebook}.ipynb")
 
-    write("correct", fill(stub(assignment, notebook), correct))
+    write("correct", correct)
     expect["correct"] = {"score": module.FULL_SCORE, "status": "ok"}
-    write("stub", stub(assignment, notebook))
+    write("stub", None)
     expect["stub"] = {"score": 0.0, "status": "ok"}
-    for student, (cell, old, new, _why) in module.WRONG.items():
-        write(student, fill(stub(assignment, notebook), {**correct, cell: mutate(correct[cell], old, new)}))
-        expect[student] = {"below": module.FULL_SCORE, "status": "ok"}
+    for student, bugs in students.items():
+        bodies = dict(correct)
+        for cell, name in bugs.items():
+            _, old, new, _why = module.WRONG[name]
+            bodies[cell] = mutate(correct[cell], old, new)
+        write(student, bodies)
+        expect[student] = {"below": module.FULL_SCORE, "status": "ok",
+                           "lose_in": {name: owners[cell] for cell, name in bugs.items()}}
     return expect
 
 
@@ -112,9 +128,7 @@ def make_combined_wrong_class(root: Path, assignment: str) -> dict[str, dict]:
     students means fewer notebooks that each pay for a training micro-run.
     """
     module = load_class(assignment)
-    notebook = getattr(module, "NOTEBOOK", assignment)
-    correct = solution_bodies(assignment, notebook)
-    owners, deps = owned_test_cells(assignment, notebook), _depends(assignment, notebook)
+    deps = _depends(assignment, getattr(module, "NOTEBOOK", assignment))
     students: list[dict[str, str]] = []          # one {answer grade_id: mistake name} per student
     for name, (cell, *_rest) in module.WRONG.items():
         for bugs in students:
@@ -125,26 +139,8 @@ def make_combined_wrong_class(root: Path, assignment: str) -> dict[str, dict]:
         else:
             students.append({cell: name})
 
-    expect: dict[str, dict] = {}
-
-    def write(student, nb):
-        (root / student / assignment).mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, root / student / assignment / f"{notebook}.ipynb")
-
-    write("correct", fill(stub(assignment, notebook), correct))
-    expect["correct"] = {"score": module.FULL_SCORE, "status": "ok"}
-    write("stub", stub(assignment, notebook))
-    expect["stub"] = {"score": 0.0, "status": "ok"}
-    for k, bugs in enumerate(students):
-        student = f"mix{k:02d}_" + "+".join(bugs.values())
-        bodies = dict(correct)
-        for cell, name in bugs.items():
-            _, old, new, _why = module.WRONG[name]
-            bodies[cell] = mutate(correct[cell], old, new)
-        write(student, fill(stub(assignment, notebook), bodies))
-        expect[student] = {"below": module.FULL_SCORE, "status": "ok",
-                           "lose_in": {name: owners[cell] for cell, name in bugs.items()}}
-    return expect
+    return _write_class(root, assignment, {f"mix{k:02d}_" + "+".join(bugs.values()): bugs
+                                           for k, bugs in enumerate(students)})
 
 
 def make_bad_files_class(root: Path) -> dict[str, dict]:
