@@ -1,6 +1,7 @@
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,45 @@ def run(*args, cwd=None, timeout=900, check=True):
 
 def autograder(*args, **kwargs):
     return run(sys.executable, "-m", "autograder", *args, **kwargs)
+
+
+# ------------------------------------------------------------------ the book, built in the background
+# Building the book executes every chapter page, one kernel at a time (about 95 s on 2 cores), while
+# much of the rest of the suite also runs one process at a time: start the build as soon as the tests
+# are collected, run the book's tests last, and the two overlap.
+_BOOK: dict = {}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    book_items = [item for item in items if item.module.__name__ == "test_book"]
+    if not book_items:
+        return
+    items[:] = [item for item in items if item not in book_items] + book_items
+    out = Path(tempfile.mkdtemp(prefix="rlhf-book-"))
+    log = open(out / "build.log", "w")
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(jupyter_book), "build", str(REPO), "-W", "--keep-going", "--all", "--path-output", str(out)]
+    _BOOK.update(out=out, log=log, cmd=cmd,
+                 proc=subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+
+
+def built_book(timeout: float = 900) -> Path:
+    """Wait for the background build started at collection; return its _build/html folder."""
+    assert _BOOK, "the book build was not started (is test_book among the collected tests?)"
+    proc = _BOOK["proc"]
+    returncode = proc.wait(timeout=timeout)
+    _BOOK["log"].flush()
+    output = (_BOOK["out"] / "build.log").read_text(errors="replace")
+    assert returncode == 0, f"{' '.join(_BOOK['cmd'])} exited {returncode}\n--- output ---\n{output[-6000:]}"
+    return _BOOK["out"] / "_build" / "html"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _BOOK:
+        if _BOOK["proc"].poll() is None:
+            _BOOK["proc"].kill()
+        _BOOK["log"].close()
+        shutil.rmtree(_BOOK["out"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 import yaml
 
 from autograder import SOLUTIONS, assignments, notebooks
-from conftest import REPO, run
+from conftest import REPO, built_book
 from notebook_text import hidden_test_lines, leaked, secret_lines
 
 
@@ -34,15 +33,13 @@ def _toc_pages() -> list[str]:
 
 
 PAGES = _toc_pages()
-JUPYTER_BOOK = Path(sys.executable).parent / "jupyter-book"
 
 
 @pytest.fixture(scope="module")
-def html(tmp_path_factory) -> Path:
-    """Build the book from scratch, warnings as errors, outside the repository's _build/."""
-    out = tmp_path_factory.mktemp("book")
-    run(JUPYTER_BOOK, "build", REPO, "-W", "--keep-going", "--all", "--path-output", out, timeout=600)
-    return out / "_build" / "html"
+def html() -> Path:
+    """The book built from scratch, warnings as errors, outside the repository's _build/ (conftest
+    starts the build in the background when the tests are collected: see built_book)."""
+    return built_book()
 
 
 def test_index_and_every_toc_page_exist(html):
