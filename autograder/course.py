@@ -17,6 +17,11 @@ class ConfigNotLoaded(RuntimeError):
     """The nbgrader config is missing or broken (nbgrader itself would log and carry on)."""
 
 
+def first_line(text: str) -> str:
+    """The first line of a (possibly multi-line) error message: the CLI prints errors as one line."""
+    return (text.strip().splitlines() or [""])[0]
+
+
 def load_config(path: Path = CONFIG_FILE) -> Config:
     """Load the nbgrader config file, raising instead of falling back to defaults.
 
@@ -34,8 +39,8 @@ def load_config(path: Path = CONFIG_FILE) -> Config:
     try:
         config = PyFileConfigLoader(path.name, path=str(path.parent)).load_config()
     except Exception as exc:  # any error inside the file: syntax, import, ...
-        first = (str(exc).strip().splitlines() or [""])[0]  # the CLI prints it as a one-line error
-        raise ConfigNotLoaded(f"nbgrader config {path} failed to load: {type(exc).__name__}: {first}") from exc
+        raise ConfigNotLoaded(f"nbgrader config {path} failed to load: {type(exc).__name__}: "
+                              f"{first_line(str(exc))}") from exc
     if config.get("CourseDirectory", {}).get("course_id") != COURSE_ID:
         raise ConfigNotLoaded(f"nbgrader config {path} loaded but does not set CourseDirectory.course_id = {COURSE_ID!r}")
     return config

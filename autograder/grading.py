@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nbformat
 
-from autograder.course import EXERCISES, PACKAGE, SOLUTIONS, assignments, load_config, notebooks
+from autograder.course import EXERCISES, PACKAGE, SOLUTIONS, assignments, first_line, load_config, notebooks
 
 CSV_FIELDS = ["student_id", "assignment", "score", "max_score", "status", "message"]
 
@@ -383,7 +383,7 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
         try:
             _grade_one(api, config, submissions, course_dir, feedback_dir, student, name, row)
         except Exception as exc:  # one submission that breaks the grader must not stop the class
-            message = (str(exc).strip().splitlines() or [""])[0]
+            message = first_line(str(exc))
             row.note("error", f"grading this submission failed ({type(exc).__name__}"
                               f"{': ' + message[:200] if message else ''}); check it by hand")
 

@@ -167,15 +167,15 @@ def make_rlhf_state(config: RLHFConfig | None = None, kl_ctl=None, policy: str =
 
     cfg = config or RLHFConfig()
     torch.set_num_threads(cfg.torch_threads)
-    policy, tokenizer, description = load_policy(policy)
-    policy.train(False)                                        # dropout is 0 anyway; keep it that way
-    ref_policy = copy.deepcopy(policy)
+    lm, tokenizer, description = load_policy(policy)          # `policy` names the model; `lm` is it
+    lm.train(False)                                            # dropout is 0 anyway; keep it that way
+    ref_policy = copy.deepcopy(lm)
     for p in ref_policy.parameters():
         p.requires_grad_(False)
-    value_head = make_value_head(policy.config.n_embd)
-    optimizer = torch.optim.Adam(list(policy.parameters()) + list(value_head.parameters()),
+    value_head = make_value_head(lm.config.n_embd)
+    optimizer = torch.optim.Adam(list(lm.parameters()) + list(value_head.parameters()),
                                  lr=cfg.learning_rate, eps=1e-5)
-    return RLHFState(policy, value_head, ref_policy, tokenizer, optimizer,
+    return RLHFState(lm, value_head, ref_policy, tokenizer, optimizer,
                      kl_ctl if kl_ctl is not None else FixedKLController(cfg.init_kl_coef),
                      description=description)
 

@@ -1,3 +1,4 @@
+import csv
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,12 @@ def run(*args, cwd=None, timeout=900, check=True):
 
 def autograder(*args, **kwargs):
     return run(sys.executable, "-m", "autograder", *args, **kwargs)
+
+
+def read_grades(csv_path) -> dict[str, dict]:
+    """student_id -> row of a grades.csv written by `python -m autograder grade` (one assignment)."""
+    with open(csv_path, newline="") as f:
+        return {r["student_id"]: r for r in csv.DictReader(f)}
 
 
 # ------------------------------------------------------------------ the book, built in the background
@@ -48,7 +55,6 @@ def built_book(timeout: float = 900) -> Path:
     assert _BOOK, "the book build was not started (is test_book among the collected tests?)"
     proc = _BOOK["proc"]
     returncode = proc.wait(timeout=timeout)
-    _BOOK["log"].flush()
     output = (_BOOK["out"] / "build.log").read_text(errors="replace")
     assert returncode == 0, f"{' '.join(_BOOK['cmd'])} exited {returncode}\n--- output ---\n{output[-6000:]}"
     return _BOOK["out"] / "_build" / "html"

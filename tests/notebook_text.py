@@ -32,16 +32,23 @@ def without_comments(source: str) -> list[str]:
     return [ln[:cut[i]] if i in cut else ln for i, ln in enumerate(lines)]
 
 
-def _regions(source: str, begin: str, end: str) -> list[str]:
+def _marked(source: str, pairs) -> list[tuple[int, bool]]:
+    """(line index, inside one of the begin/end `pairs`) for every line that is not itself a marker."""
     inside, out = False, []
-    for raw, code in zip(source.splitlines(), without_comments(source)):
-        if begin in raw:
+    for i, line in enumerate(source.splitlines()):
+        if any(begin in line for begin, _ in pairs):
             inside = True
-        elif end in raw:
+        elif any(end in line for _, end in pairs):
             inside = False
-        elif inside:
-            out.append(code)
+        else:
+            out.append((i, inside))
     return out
+
+
+def _regions(source: str, begin: str, end: str) -> list[str]:
+    """The lines between `begin` and `end` markers, without their trailing comments."""
+    code = without_comments(source)
+    return [code[i] for i, inside in _marked(source, [(begin, end)]) if inside]
 
 
 def secret_lines(notebook: Path, min_len: int = 16, solutions: bool = True) -> list[str]:
@@ -79,14 +86,9 @@ def _public_text(nb) -> str:
     """What nbgrader releases of a source notebook: every cell without its hidden/solution regions."""
     kept = []
     for cell in nb.cells:
-        inside = False
-        for line in cell.source.splitlines():
-            if BEGIN_HIDDEN in line or BEGIN_SOLUTION in line:
-                inside = True
-            elif END_HIDDEN in line or END_SOLUTION in line:
-                inside = False
-            elif not inside:
-                kept.append(line)
+        lines = cell.source.splitlines()
+        kept += [lines[i] for i, inside in _marked(cell.source, [(BEGIN_HIDDEN, END_HIDDEN),
+                                                                 (BEGIN_SOLUTION, END_SOLUTION)]) if not inside]
     return "\n".join(kept)
 
 

@@ -51,6 +51,17 @@ def stub(assignment: str, notebook: str):
     return nbformat.read(EXERCISES / assignment / f"{notebook}.ipynb", as_version=4)
 
 
+def write_submission(root: Path, student: str, assignment: str, name: str, nb=None, raw: str | None = None) -> Path:
+    """Hand in `nb` (or the raw file text `raw`) as <root>/<student>/<assignment>/<name>.ipynb."""
+    path = root / student / assignment / f"{name}.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if raw is not None:
+        path.write_text(raw)
+    else:
+        nbformat.write(nb, path)
+    return path
+
+
 def make_wrong_class(root: Path, assignment: str) -> dict[str, dict]:
     """The reference solution, the untouched stub, and one student per entry of WRONG."""
     module = load_class(assignment)
@@ -69,9 +80,8 @@ def _write_class(root: Path, assignment: str, students: dict[str, dict[str, str]
     expect: dict[str, dict] = {}
 
     def write(student, bodies):
-        (root / student / assignment).mkdir(parents=True, exist_ok=True)
         nb = fill(stub(assignment, notebook), bodies) if bodies is not None else stub(assignment, notebook)
-        nbformat.write(nb, root / student / assignment / f"{notebook}.ipynb")
+        write_submission(root, student, assignment, notebook, nb)
 
     write("correct", correct)
     expect["correct"] = {"score": module.FULL_SCORE, "status": "ok"}
@@ -153,12 +163,7 @@ def make_bad_files_class(root: Path) -> dict[str, dict]:
     pg = "rlhf_policy_gradient"
 
     def write(student, nb=None, name=notebook, raw=None):
-        folder = root / student / assignment
-        folder.mkdir(parents=True, exist_ok=True)
-        if raw is not None:
-            (folder / f"{name}.ipynb").write_text(raw)
-        else:
-            nbformat.write(nb, folder / f"{name}.ipynb")
+        write_submission(root, student, assignment, name, nb, raw)
 
     # Edits a visible test to pass, with the identical-branch bug: the original test is restored.
     nb = fill(stub(assignment, notebook), {**correct, pg: mutate(correct[pg], *WRONG["pg_identical_branches"][1:3])})

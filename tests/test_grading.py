@@ -11,7 +11,7 @@ import pytest
 
 from autograder import SOLUTIONS, load_config
 from autograder.course import ConfigNotLoaded
-from conftest import REPO, autograder, run
+from conftest import REPO, autograder, read_grades, run
 from notebook_text import hidden_test_lines, leaked, visible_text
 from synthetic_class import (class_modules, load_class, make_bad_files_class, make_combined_wrong_class, make_wrong_class,
                              solution_bodies)
@@ -28,8 +28,7 @@ def graded(tmp_path_factory):
     expect = make_bad_files_class(root / "submissions")
     proc = autograder("grade", root / "submissions", "--out", root / "out/grades.csv",
                       "--course-dir", root / "course", "--timeout", TIMEOUT, cwd=root)
-    with open(root / "out/grades.csv", newline="") as f:
-        rows = {r["student_id"]: r for r in csv.DictReader(f)}
+    rows = read_grades(root / "out/grades.csv")
     return root, expect, rows, proc
 
 
@@ -100,8 +99,7 @@ def _grade_in_parallel(submissions, assignment, tmp_path, workers=2) -> dict[str
     for w, proc in enumerate(procs):
         out, _ = proc.communicate(timeout=1800)
         assert proc.returncode == 0, out[-4000:]
-        with open(tmp_path / f"grades{w}.csv", newline="") as f:
-            rows.update({r["student_id"]: r for r in csv.DictReader(f)})
+        rows.update(read_grades(tmp_path / f"grades{w}.csv"))
     return rows
 
 

@@ -2,7 +2,6 @@
 
 Small classes only (one to five students of rlhf_update_rules): each nbgrader autograde costs seconds.
 """
-import csv
 import os
 import shutil
 import sys
@@ -11,9 +10,9 @@ import nbformat
 import pytest
 
 from autograder import SOLUTIONS
-from conftest import REPO, autograder, run
+from conftest import REPO, autograder, read_grades, run
 from notebook_text import hidden_test_lines, leaked, secret_lines, visible_text, without_comments
-from synthetic_class import fill, solution_bodies, stub
+from synthetic_class import fill, solution_bodies, stub, write_submission
 
 ASSIGNMENT = NOTEBOOK = "rlhf_update_rules"
 FULL = 15.0
@@ -25,19 +24,12 @@ def _correct():
 
 
 def _write(root, student, nb, name=NOTEBOOK, assignment=ASSIGNMENT):
-    folder = root / student / assignment
-    folder.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, folder / f"{name}.ipynb")
+    write_submission(root, student, assignment, name, nb)
 
 
 def _cell(nb, grade_id):
     [cell] = [c for c in nb.cells if (c.metadata.get("nbgrader") or {}).get("grade_id") == grade_id]
     return cell
-
-
-def _rows(csv_path) -> dict[str, dict]:
-    with open(csv_path, newline="") as f:
-        return {r["student_id"]: r for r in csv.DictReader(f)}
 
 
 def _one_line_error(proc) -> str:
@@ -69,7 +61,7 @@ def edge(tmp_path_factory):
     db = root / "no" / "such" / "folder" / "gradebook.db"  # SQLAlchemy cannot create missing folders
     proc = autograder("grade", subs, "--out", root / "out" / "grades.csv", "--course-dir", root / "course",
                       "--db", db, "--timeout", 20, "--quiet", cwd=root)
-    return root, _rows(root / "out" / "grades.csv"), proc, db
+    return root, read_grades(root / "out" / "grades.csv"), proc, db
 
 
 def test_malformed_nbgrader_metadata_is_graded_with_a_warning(edge):
@@ -127,7 +119,7 @@ def test_unexpected_exception_in_one_row_does_not_stop_the_class(tmp_path, monke
 
     monkeypatch.setattr(grading, "_collect", collect)
     grading.grade(subs, out=tmp_path / "g.csv", course_dir=tmp_path / "course", progress=False)
-    rows = _rows(tmp_path / "g.csv")
+    rows = read_grades(tmp_path / "g.csv")
     assert [(s, r["status"], float(r["score"])) for s, r in rows.items()] == [
         ("alice", "ok", FULL), ("boom", "error", 0.0), ("carol", "ok", FULL)]
     assert rows["boom"]["message"] == "grading this submission failed (RuntimeError: disk on fire); check it by hand"
@@ -153,7 +145,7 @@ def test_a_failed_autograde_is_tried_once_more(tmp_path, monkeypatch):
 
     monkeypatch.setattr(NbGraderAPI, "autograde", flaky)
     grading.grade(subs, out=tmp_path / "g.csv", course_dir=tmp_path / "course", progress=False)
-    rows = _rows(tmp_path / "g.csv")
+    rows = read_grades(tmp_path / "g.csv")
     assert calls.count("alice") == 1 and calls.count("bob") == 2 and calls.count("carol") == 2
     assert (rows["bob"]["status"], float(rows["bob"]["score"])) == ("ok", FULL)
     assert "second attempt" in rows["bob"]["message"] and "Kernel died" in rows["bob"]["message"]
