@@ -85,10 +85,11 @@ def score_texts(rm: torch.nn.Module, tokenizer, texts: Sequence[str], padding_si
     """(N,) reward-model scores of texts, in eval mode, batch by batch."""
     was_training = rm.training
     rm.eval()
+    device = next(rm.parameters()).device
     out = []
     for i in range(0, len(texts), batch_size):
         ids, mask = encode(tokenizer, texts[i: i + batch_size], padding_side)
-        out.append(rm(ids, mask).float().reshape(-1).numpy())
+        out.append(rm(ids.to(device), mask.to(device)).float().reshape(-1).cpu().numpy())
     rm.train(was_training)
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -140,6 +141,8 @@ def _train(rm, tokenizer, train_prefs, loss_fn, cfg, eval_prefs, progress) -> RM
     n = len(train_prefs)
     all_ids, all_mask = encode(tokenizer, [p.chosen_text for p in train_prefs]
                                + [p.rejected_text for p in train_prefs], "right")          # (2n, T)
+    device = next(rm.parameters()).device                  # the model's device: CPU, or a GPU
+    all_ids, all_mask = all_ids.to(device), all_mask.to(device)
     c_ids, r_ids, c_mask, r_mask = all_ids[:n], all_ids[n:], all_mask[:n], all_mask[n:]
     optimizer = torch.optim.AdamW(rm.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     order = torch.randperm(n)
@@ -150,7 +153,7 @@ def _train(rm, tokenizer, train_prefs, loss_fn, cfg, eval_prefs, progress) -> RM
         # 2. A minibatch of pairs, without replacement within an epoch.
         if cursor + cfg.batch_size > n:
             order, cursor = torch.randperm(n), 0
-        idx = order[cursor: cursor + cfg.batch_size]
+        idx = order[cursor: cursor + cfg.batch_size].to(device)
         cursor += cfg.batch_size
         # 3. One forward pass over chosen and rejected together (2B rows), trimmed to the longest row.
         T = int(max(c_mask[idx].sum(1).max(), r_mask[idx].sum(1).max()))

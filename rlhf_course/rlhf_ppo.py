@@ -6,6 +6,12 @@ response tokens), then ``ppo_rlhf_iteration`` with numbered phases. The phases f
 ``PPOTrainer.train`` (trl 1.12, ``trl.experimental.ppo``) and OpenAI's lm-human-preferences, whose
 metric names it logs (``objective/kl``, ``policy/approxkl_avg``, ``val/ratio``, ...).
 
+The same loop is chapter 4's single iteration and the capstone's trainer (``rlhf_course.capstone``):
+device and precision are chosen once in the config (CPU in fp32; CUDA with bf16 autocast over fp32
+master weights), the reward is a text function (the simulated human) or a learned reward model on
+token ids, and the update runs alone or under ``torchrun`` (DistributedDataParallel). Checkpoints
+(``save_checkpoint`` / ``load_checkpoint``) hold everything an uninterrupted run would carry on with.
+
 The graded algorithm is NOT here. ``ppo_rlhf_iteration`` receives the student's functions:
 
 * ``response_log_probs(logits, input_ids, context_length, temperature) -> (B, R)`` (torch; its
@@ -20,17 +26,24 @@ and a KL controller with a ``value`` attribute and ``update(current_kl, n_steps)
 Conventions. A batch holds B prompts, left-padded to a common context length ``ctx``, followed by R
 generated tokens (pad after the first EOS). ``mask`` (B, R) is 1 on real response tokens, up to and
 including the first EOS. The log-probability of response token t comes from the logits at position
-ctx − 1 + t; the value of the state *before* token t is read at the same position.
+ctx − 1 + t; the value of the state *before* token t is read at the same position. Only those R + 1
+positions (ctx − 1 … ctx + R − 1) go through the LM head, and the student's ``response_log_probs``
+is called on them as ``response_log_probs(logits, query_response[:, ctx - 1:], 1, T)``: the same
+function, a context of length 1, and none of the prompt's vocabulary-sized logits computed for nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 
@@ -39,17 +52,23 @@ class RLHFConfig:
     seed: int = 0
     """seeds the prompts, the sampling and the minibatch shuffles"""
     batch_size: int = 16
-    """prompts per rollout, one response each"""
+    """prompts per rollout, one response each (over all processes under torchrun)"""
     response_length: int = 16
     """maximum number of generated tokens per response (R)"""
     temperature: float = 0.7
     """sampling temperature; every log-prob computation divides the logits by it too"""
     learning_rate: float = 1e-4
     """Adam learning rate (policy and value head); 3e-4 already gives approx KL ≈ 0.2 on the first update"""
+    lr_schedule: str = "constant"
+    """"constant", or "linear": decays to 0 at iteration total_iterations (TRL's default)"""
+    total_iterations: int = 0
+    """length of the run, for the linear schedule"""
     num_ppo_epochs: int = 4
     """passes over each rollout"""
     num_minibatches: int = 2
-    """minibatches per epoch"""
+    """minibatches per epoch (one optimizer step each)"""
+    gradient_accumulation_steps: int = 1
+    """forward/backward passes per minibatch, to bound memory; the step is the same as without"""
     init_kl_coef: float = 0.05
     """β at the start (TRL's default kl_coef; lm-human-preferences used 0.15)"""
     kl_target: float = 6.0
@@ -70,6 +89,16 @@ class RLHFConfig:
     """whiten the per-token rewards WITHOUT shifting their mean (lm-human-preferences)"""
     max_grad_norm: float = 1.0
     """global gradient-norm clip"""
+    stop_at_eos: bool = True
+    """a response ends at its first EOS (False: always R tokens, as the speed benchmark wants)"""
+    rollout_logprobs: str = "sampling"
+    """where log π_old and the values come from: "sampling" (the logits and hidden states the sampler
+    computed anyway, as TRL does) or "forward" (one more no-grad pass; exactly the training pass's
+    arithmetic, so the first ratio is 1 to the last bit even under bf16)"""
+    device: str = "cpu"
+    """"cpu", "cuda" (one GPU; under torchrun the process's own) or "auto" (cuda if available)"""
+    bf16: bool = False
+    """bf16 autocast for every forward pass on CUDA; weights, optimizer and losses stay fp32"""
     torch_threads: int = 1
     """torch CPU threads: a 1-2 M parameter model gains little from more"""
 
@@ -111,6 +140,35 @@ def forward(model: nn.Module, query_response: torch.Tensor, attention_mask: torc
     return out.logits, out.hidden_states[-1]
 
 
+def response_logits(model: nn.Module, query_response: torch.Tensor, attention_mask: torch.Tensor,
+                    context_length: int):
+    """Like ``forward``, but the LM head only where a response token is predicted.
+
+    Returns logits (B, R + 1, V) and hidden states (B, R + 1, H) of positions ctx − 1 … ctx + R − 1:
+    entry t predicts response token t (the last one predicts past the end and is never used). With a
+    50 k vocabulary the head is a third of GPT-2's FLOPs; the prompt's positions do not need it.
+    """
+    from rlhf_course.tiny_lm import position_ids_from_mask
+
+    hidden = model.base_model(input_ids=query_response, attention_mask=attention_mask,
+                              position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+    hidden = hidden[:, context_length - 1:]                                    # (B, R + 1, H)
+    return model.get_output_embeddings()(hidden), hidden
+
+
+class PolicyAndValue(nn.Module):
+    """The policy LM and its value head on the shared trunk: one module, so DDP can wrap both."""
+
+    def __init__(self, lm: nn.Module, value_head: nn.Linear):
+        super().__init__()
+        self.lm, self.value_head = lm, value_head
+
+    def forward(self, query_response, attention_mask, context_length):
+        """-> logits (B, R + 1, V) as ``response_logits``, values (B, R): V(state before token t)."""
+        logits, hidden = response_logits(self.lm, query_response, attention_mask, context_length)
+        return logits, self.value_head(hidden[:, :-1]).squeeze(-1)
+
+
 def token_gae(rewards: np.ndarray, values: np.ndarray, gamma: float, lam: float):
     """GAE over response tokens, all rows at once (the CartPole chapter's compute_gae, batched).
 
@@ -141,7 +199,7 @@ class RLHFState:
     ref_policy: nn.Module
     """frozen copy of the starting policy (π_ref)"""
     tokenizer: object
-    """the tiny LM's tokenizer (distinct pad and eos ids)"""
+    """the tokenizer (distinct pad and eos ids)"""
     optimizer: torch.optim.Optimizer
     """Adam over the policy and the value head"""
     kl_ctl: object
@@ -154,35 +212,115 @@ class RLHFState:
     """prompts, responses, scores, rewards, advantages and mask of the latest iteration"""
     description: str = ""
     """which language model the policy is ("tiny (1.09 M params, ...)" or "gpt2 (124 M params, ...)")"""
+    train_model: nn.Module | None = None
+    """PolicyAndValue(policy, value_head), wrapped in DistributedDataParallel under torchrun"""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.policy.parameters()).device
 
 
-def make_rlhf_state(config: RLHFConfig | None = None, kl_ctl=None, policy: str = "tiny") -> RLHFState:
-    """Load a pretrained LM as the policy, freeze a copy as the reference, add a value head.
+def resolve_device(name: str) -> torch.device:
+    """"cpu", "cuda" or "auto" -> a torch.device; under torchrun, CUDA means this process's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {name!r}")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU "
+                             f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless torch.distributed has been initialised (torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def make_rlhf_state(config: RLHFConfig | None = None, kl_ctl=None, policy="tiny", tokenizer=None,
+                    description: str | None = None) -> RLHFState:
+    """Take a pretrained LM as the policy, freeze a copy as the reference, add a value head.
 
     policy: "tiny" (the course's 1.1 M-parameter GPT-2, always available), "gpt2" or "auto" (the real
-    GPT-2 from a LOCAL Hugging Face cache, e.g. on a GPU machine; falls back to tiny with a message).
-    See ``rlhf_course.tiny_lm.load_policy``. Every later step is the same code at either scale.
+    GPT-2 from a LOCAL Hugging Face cache, e.g. on a GPU machine; falls back to tiny with a message;
+    see ``rlhf_course.tiny_lm.load_policy``), or a model itself (with its ``tokenizer``), e.g. the
+    capstone's SFT model. Every later step is the same code at either scale. On ``config.device``;
+    under torchrun the trained module is wrapped in DistributedDataParallel.
     """
     from rlhf_course.tiny_lm import load_policy
 
     cfg = config or RLHFConfig()
-    torch.set_num_threads(cfg.torch_threads)
-    lm, tokenizer, description = load_policy(policy)          # `policy` names the model; `lm` is it
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.torch_threads)
+    if isinstance(policy, str):
+        lm, tokenizer, description = load_policy(policy)       # `policy` names the model; `lm` is it
+    elif tokenizer is None:
+        raise ValueError("make_rlhf_state(policy=<a model>) needs its tokenizer too")
+    else:
+        lm = policy
+        description = description or f"{type(lm).__name__} ({sum(p.numel() for p in lm.parameters()) / 1e6:.2f} M params)"
+    lm.to(device)
     lm.train(False)                                            # dropout is 0 anyway; keep it that way
     ref_policy = copy.deepcopy(lm)
     for p in ref_policy.parameters():
         p.requires_grad_(False)
-    value_head = make_value_head(lm.config.n_embd)
+    value_head = make_value_head(lm.config.n_embd).to(device)
     optimizer = torch.optim.Adam(list(lm.parameters()) + list(value_head.parameters()),
                                  lr=cfg.learning_rate, eps=1e-5)
+    train_model = PolicyAndValue(lm, value_head)
+    if distributed()[1] > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
     return RLHFState(lm, value_head, ref_policy, tokenizer, optimizer,
                      kl_ctl if kl_ctl is not None else FixedKLController(cfg.init_kl_coef),
-                     description=description)
+                     description=description, train_model=train_model)
 
 
 def _tmean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Torch twin of the student's masked_mean, for the losses that need autograd."""
     return (x * mask).sum() / mask.sum()
+
+
+def _gather_rows(x: np.ndarray) -> np.ndarray:
+    """Concatenate every process's rows in rank order (the identity in a single process)."""
+    if distributed()[1] == 1:
+        return x
+    parts = [None] * distributed()[1]
+    dist.all_gather_object(parts, x)
+    return np.concatenate(parts, axis=0)
+
+
+def _all_sum(x: float, device) -> float:
+    """Sum of x over processes (x itself in a single process)."""
+    if distributed()[1] == 1:
+        return float(x)
+    t = torch.tensor([float(x)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def _autocast(state: RLHFState, cfg: RLHFConfig):
+    """bf16 autocast on CUDA when asked for, otherwise nothing: the one place precision is chosen."""
+    return torch.autocast(device_type=state.device.type, dtype=torch.bfloat16,
+                          enabled=cfg.bf16 and state.device.type == "cuda")
+
+
+def reward_model_scores(reward_model: nn.Module, query_response: torch.Tensor, attention_mask: torch.Tensor,
+                        context_length: int, eos_token_id: int) -> np.ndarray:
+    """(B,) float64 scores of a learned reward model on the policy's own token ids.
+
+    The response's EOS is left out of the reward model's attention mask: it was trained on reviews
+    without one (chapter 3), so it reads the last real word, as in training.
+    """
+    is_eos = (query_response == eos_token_id) & (
+        torch.arange(query_response.shape[1], device=query_response.device) >= context_length)
+    return reward_model(query_response, attention_mask * ~is_eos).float().double().cpu().numpy()
 
 
 def ppo_rlhf_iteration(
@@ -195,7 +333,8 @@ def ppo_rlhf_iteration(
     masked_whiten: Callable,
     kl_estimates: Callable,
     reward_fn: Callable | None = None,
-    prompts: list[str] | None = None,
+    reward_model: nn.Module | None = None,
+    prompts: list[str] | torch.Tensor | None = None,
 ) -> dict:
     """One PPO-RLHF iteration: rollout, scores, rewards, GAE, PPO epochs. Returns TRL-named metrics.
 
@@ -205,150 +344,274 @@ def ppo_rlhf_iteration(
         response_log_probs, per_token_rewards, masked_mean, masked_whiten, kl_estimates: the graded
             functions (see the module docstring).
         reward_fn: full reviews (prompt + " " + response) -> (B,) scores; the text world's gold_reward
-            (the simulated human) if None.
-        prompts: B prompts; B fresh ones from the text world if None.
+            (the simulated human) if neither it nor reward_model is given.
+        reward_model: a learned reward model, (input_ids (B, T), attention_mask (B, T)) -> (B,), scored
+            on the policy's own token ids (same tokenizer) with the EOS left out of its mask, since it
+            was trained on reviews without one. Takes precedence over reward_fn.
+        prompts: this process's prompts; B / world_size fresh ones from the text world if None; or a
+            (B, P) tensor of prompt token ids (the speed benchmark's random prompts).
     """
     from rlhf_course.textworld import gold_reward, sample_prompts
     from rlhf_course.tiny_lm import generate_responses
 
     cfg = config
     start = time.perf_counter()
-    torch.set_num_threads(cfg.torch_threads)
+    device = state.device
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.torch_threads)
+    rank, world = distributed()
     seed = cfg.seed * 100_003 + state.iteration                 # a different, repeatable draw per iteration
-    rng = np.random.default_rng(seed)
-    reward_fn = reward_fn or gold_reward
+    rng = np.random.default_rng([seed, rank])
     if prompts is None:
-        prompts = sample_prompts(cfg.batch_size, seed=seed)
+        if cfg.batch_size % world:
+            raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {world} processes")
+        share = cfg.batch_size // world                         # each process rolls out its share
+        prompts = sample_prompts(cfg.batch_size, seed=seed)[rank * share:(rank + 1) * share]
+    if cfg.lr_schedule == "linear" and cfg.total_iterations > 0:
+        for group in state.optimizer.param_groups:              # TRL's default: linear decay to 0
+            group["lr"] = cfg.learning_rate * max(0.0, 1.0 - state.iteration / cfg.total_iterations)
     policy, ref_policy, value_head = state.policy, state.ref_policy, state.value_head
     B, T = len(prompts), cfg.temperature
+    from_sampling = cfg.rollout_logprobs == "sampling"
 
-    # 1. Rollout: sample one response per prompt from the current (old) policy.
-    with torch.no_grad():
+    # 1. Rollout: sample one response per prompt from the current (old) policy, keeping the logits and
+    #    hidden states the sampler computes anyway (they give log π_old and V without another pass).
+    with torch.no_grad(), _autocast(state, cfg):
         gen = generate_responses(policy, state.tokenizer, prompts, max_new_tokens=cfg.response_length,
-                                 temperature=T, seed=seed)
+                                 temperature=T, seed=seed + 7_919 * rank, stop_at_eos=cfg.stop_at_eos,
+                                 return_logits=from_sampling, return_hidden=from_sampling)
     query_response = gen["query_response"]                      # (B, ctx + R) left-padded queries, responses
     attention_mask = gen["attention_mask"]                      # (B, ctx + R)
     ctx = gen["context_length"]
     R = query_response.shape[1] - ctx
-    mask_np = np.asarray(gen["response_mask"], dtype=np.float64)  # (B, R) 1 up to and incl. the first EOS
-    mask = torch.as_tensor(mask_np, dtype=torch.float32)
+    response_ids = query_response[:, ctx - 1:]                  # (B, 1 + R): last query token, then the response
+    mask = gen["response_mask"].float()                         # (B, R) 1 up to and incl. the first EOS
+    mask_np = mask.double().cpu().numpy()
 
-    # 2. Scores: one number per response from the reward function (here the simulated human), which
-    #    judges the whole review: prompt + " " + completion.
-    reviews = [p + " " + r for p, r in zip(prompts, gen["responses"])]
-    scores = np.asarray(reward_fn(reviews), dtype=np.float64)  # (B,)
+    # 2. Scores: one number per response, from the learned reward model on the same token ids, or from
+    #    a reward function of the full review (prompt + " " + completion), e.g. the simulated human.
+    prompt_texts = prompts if not isinstance(prompts, torch.Tensor) else [state.tokenizer.decode(p) for p in prompts]
+    reviews = [p + " " + r for p, r in zip(prompt_texts, gen["responses"])]
+    if reward_model is not None:
+        with torch.no_grad(), _autocast(state, cfg):
+            scores = reward_model_scores(reward_model, query_response, attention_mask, ctx,
+                                         state.tokenizer.eos_token_id)
+    else:
+        scores = np.asarray((reward_fn or gold_reward)(reviews), dtype=np.float64)   # (B,)
 
-    # 3. Log-probs of the sampled tokens under the policy and the reference, and values, no grad.
-    with torch.no_grad():
-        logits, hidden = forward(policy, query_response, attention_mask)           # (B, ctx+R, V), (B, ctx+R, H)
-        logprobs = response_log_probs(logits, query_response, ctx, T)              # (B, R) log π_old
-        ref_logits, _ = forward(ref_policy, query_response, attention_mask)
-        ref_logprobs = response_log_probs(ref_logits, query_response, ctx, T)      # (B, R) log π_ref
-        values = value_head(hidden[:, ctx - 1:-1]).squeeze(-1)                    # (B, R) V(s_t) before token t
-    logprobs_np = logprobs.double().numpy() * mask_np          # padding: 0, never used
-    ref_logprobs_np = ref_logprobs.double().numpy() * mask_np
-    values_np = values.double().numpy() * mask_np              # V = 0 after the episode ends
+    # 3. Log-probs of the sampled tokens under the rollout policy and the reference, and values, no grad.
+    with torch.no_grad(), _autocast(state, cfg):
+        if from_sampling:                                       # the sampler's logits of positions ctx-1+t
+            logits = torch.cat([gen["logits"], gen["logits"].new_zeros(B, 1, gen["logits"].shape[-1])], 1)
+            values = value_head(gen["hidden"]).squeeze(-1)                             # (B, R)
+        else:
+            logits, values = PolicyAndValue(policy, value_head)(query_response, attention_mask, ctx)
+        logprobs = response_log_probs(logits.float(), response_ids, 1, T)             # (B, R) log π_old
+        ref_logits, _ = response_logits(ref_policy, query_response, attention_mask, ctx)  # (B, R + 1, V)
+        ref_logprobs = response_log_probs(ref_logits.float(), response_ids, 1, T)     # (B, R) log π_ref
+    logprobs_np = logprobs.double().cpu().numpy() * mask_np    # padding: 0, never used
+    ref_logprobs_np = ref_logprobs.double().cpu().numpy() * mask_np
+    values_np = values.double().cpu().numpy() * mask_np        # V = 0 after the episode ends
 
-    # 4. Per-token rewards: −β·(log π − log π_ref) on every real token, the score at the last one.
+    # 4. Per-token rewards: −β·(log π − log π_ref) on every real token, the score at the last one. Under
+    #    torchrun every process gathers the whole batch here, so whitening and the logged statistics
+    #    are those of the whole batch, as in a single process.
+    all_rows = [_gather_rows(a) for a in (scores, logprobs_np, ref_logprobs_np, values_np, mask_np)]
+    all_scores, all_logprobs, all_ref_logprobs, all_values, all_mask = all_rows
+    mine = slice(rank * B, (rank + 1) * B)                      # this process's rows of the whole batch
     kl_coef = float(state.kl_ctl.value)
-    rewards = per_token_rewards(scores, logprobs_np, ref_logprobs_np, mask_np, kl_coef)   # (B, R)
-    non_score_reward = -kl_coef * (logprobs_np - ref_logprobs_np) * mask_np              # for logging
+    rewards = per_token_rewards(all_scores, all_logprobs, all_ref_logprobs, all_mask, kl_coef)   # (B, R)
+    non_score_reward = -kl_coef * (all_logprobs - all_ref_logprobs) * all_mask                   # for logging
     if cfg.whiten_rewards:
-        rewards = masked_whiten(rewards, mask_np, shift_mean=False)  # scale only: a shift would bias GAE
+        rewards = masked_whiten(rewards, all_mask, shift_mean=False)  # scale only: a shift would bias GAE
 
     # 5. Advantages with GAE over the response tokens; whitened WITH the mean shift.
-    advantages, returns = token_gae(rewards * mask_np, values_np, cfg.gamma, cfg.lam)
-    advantages = masked_whiten(advantages, mask_np)            # (B, R), 0 on padding
-
-    b_advantages = torch.as_tensor(advantages, dtype=torch.float32)
-    b_returns = torch.as_tensor(returns, dtype=torch.float32)
-    b_values = torch.as_tensor(values_np, dtype=torch.float32)
-    b_logprobs = torch.as_tensor(logprobs_np, dtype=torch.float32)
+    advantages, returns = token_gae(rewards * all_mask, all_values, cfg.gamma, cfg.lam)
+    advantages = masked_whiten(advantages, all_mask)           # (B, R), 0 on padding
 
     # 6. PPO epochs over minibatches: clipped policy loss and clipped value loss on real tokens only.
+    as_t = lambda a: torch.as_tensor(a[mine], dtype=torch.float32, device=device)  # noqa: E731
+    batch = {"query_response": query_response, "attention_mask": attention_mask, "context_length": ctx,
+             "mask": mask, "logprobs": as_t(all_logprobs), "values": as_t(all_values),
+             "advantages": as_t(advantages), "returns": as_t(returns)}
+    stats = ppo_update(state, cfg, batch, response_log_probs=response_log_probs, masked_mean=masked_mean,
+                       rng=rng)
+
+    # 7. Metrics (TRL's names, over the whole batch) and the KL controller's update.
+    k1, _, k3 = kl_estimates(all_logprobs, all_ref_logprobs)
+    mean_kl = float(np.mean(np.sum(np.asarray(k1) * all_mask, axis=1)))        # nats per response
+    mean_non_score = float(np.mean(non_score_reward.sum(1)))
+    n_eos = _all_sum(int((query_response[:, ctx:] == state.tokenizer.eos_token_id).sum().item()), device)
+    metrics = {
+        "objective/kl": mean_kl,
+        "objective/kl_k3": float(np.mean(np.sum(np.asarray(k3) * all_mask, axis=1))),
+        "objective/entropy": float(np.mean(np.sum(-all_logprobs, axis=1))),
+        "objective/non_score_reward": mean_non_score,
+        "objective/rlhf_reward": mean_non_score + float(all_scores.mean()),
+        "objective/scores": float(all_scores.mean()),
+        "objective/kl_coef": kl_coef,
+        **{k: v for k, v in stats.items() if k != "sanity/first_ratio_max_dev"},
+        "val/num_eos_tokens": int(n_eos),
+        "sanity/first_ratio_max_dev": stats["sanity/first_ratio_max_dev"],
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "episode": (state.iteration + 1) * len(all_scores),
+        "seconds": time.perf_counter() - start,
+    }
+    state.kl_ctl.update(mean_kl, len(all_scores))
+    state.iteration += 1
+    state.history.append(metrics)
+    state.last_rollout = {"prompts": prompt_texts, "responses": list(gen["responses"]), "scores": scores,
+                          "rewards": rewards[mine], "advantages": advantages[mine], "mask": mask_np,
+                          "reviews": reviews}
+    return metrics
+
+
+def ppo_update(state: RLHFState, cfg: RLHFConfig, batch: dict, *, response_log_probs: Callable,
+               masked_mean: Callable, rng: np.random.Generator) -> dict:
+    """PPO epochs over one rollout: clipped policy and value losses, one Adam step per minibatch.
+
+    Args:
+        batch: this process's rows: "query_response", "attention_mask" (B, ctx + R), "context_length",
+            and (B, R) float tensors "mask", "logprobs" (π_old), "values", "advantages", "returns".
+    Returns:
+        TRL-named statistics averaged over minibatches (and processes), plus
+        "sanity/first_ratio_max_dev": max |ratio − 1| on the first minibatch (0 up to rounding).
+
+    Every loss is a sum over the real tokens of a minibatch divided by that minibatch's token count
+    over ALL processes (times the world size, which DDP's gradient averaging divides out again): so
+    gradient accumulation and torchrun both give exactly the single-process token mean.
+    """
+    rank, world = distributed()
+    model = state.train_model if state.train_model is not None else PolicyAndValue(state.policy, state.value_head)
+    params = list(state.policy.parameters()) + list(state.value_head.parameters())
+    qr, am, ctx = batch["query_response"], batch["attention_mask"], batch["context_length"]
+    mask, T = batch["mask"], cfg.temperature
+    B = qr.shape[0]
+    mb_size = max(1, B // cfg.num_minibatches)
+    micro_size = max(1, mb_size // cfg.gradient_accumulation_steps)
     stats = {k: [] for k in ("approxkl", "pg_clipfrac", "pg_loss", "vf_loss", "vf_clipfrac", "entropy", "ratio")}
     first_ratio_max_dev = None
     b_inds = np.arange(B)
-    mb_size = max(1, B // cfg.num_minibatches)
     for epoch in range(cfg.num_ppo_epochs):
         rng.shuffle(b_inds)
         for start_i in range(0, B, mb_size):
-            mb = b_inds[start_i:start_i + mb_size]
-            mb_mask = mask[mb]                                                         # (mb, R)
-            new_logits, new_hidden = forward(policy, query_response[mb], attention_mask[mb])
-            new_logprobs = response_log_probs(new_logits, query_response[mb], ctx, T)  # (mb, R), with grad
-            vpred = value_head(new_hidden[:, ctx - 1:-1]).squeeze(-1)                 # (mb, R)
+            mb_inds = b_inds[start_i:start_i + mb_size]
+            n_tokens = _all_sum(mask[mb_inds].sum().item(), state.device)            # the whole minibatch's
+            state.optimizer.zero_grad(set_to_none=True)
+            pg_loss_sum = vf_loss_sum = 0.0
+            for micro_start in range(0, len(mb_inds), micro_size):
+                mb = torch.as_tensor(mb_inds[micro_start:micro_start + micro_size], device=state.device)
+                last_micro = micro_start + micro_size >= len(mb_inds)
+                no_sync = model.no_sync() if world > 1 and not last_micro else contextlib.nullcontext()
+                mb_mask = mask[mb]                                                     # (mb, R)
+                with no_sync:
+                    with _autocast(state, cfg):
+                        new_logits, vpred = model(qr[mb], am[mb], ctx)                 # (mb, R+1, V), (mb, R)
+                    new_logprobs = response_log_probs(new_logits.float(), qr[mb, ctx - 1:], 1, T)  # with grad
+                    vpred = vpred.float()
 
-            logratio = (new_logprobs - b_logprobs[mb]) * mb_mask
-            ratio = torch.exp(logratio)                                                # (mb, R)
-            mb_adv = b_advantages[mb]
-            pg_losses = -mb_adv * ratio
-            pg_losses2 = -mb_adv * torch.clamp(ratio, 1 - cfg.cliprange, 1 + cfg.cliprange)
-            pg_loss = _tmean(torch.max(pg_losses, pg_losses2), mb_mask)
+                    logratio = (new_logprobs - batch["logprobs"][mb]) * mb_mask
+                    ratio = torch.exp(logratio)                                        # (mb, R)
+                    mb_adv = batch["advantages"][mb]
+                    pg_losses = -mb_adv * ratio
+                    pg_losses2 = -mb_adv * torch.clamp(ratio, 1 - cfg.cliprange, 1 + cfg.cliprange)
+                    pg_loss = (torch.max(pg_losses, pg_losses2) * mb_mask).sum() / n_tokens
 
-            mb_values, mb_returns = b_values[mb], b_returns[mb]
-            vpredclipped = mb_values + torch.clamp(vpred - mb_values, -cfg.cliprange_value, cfg.cliprange_value)
-            vf_losses1 = (vpred - mb_returns) ** 2
-            vf_losses2 = (vpredclipped - mb_returns) ** 2
-            vf_loss = 0.5 * _tmean(torch.max(vf_losses1, vf_losses2), mb_mask)
-            loss = pg_loss + cfg.vf_coef * vf_loss
+                    mb_values, mb_returns = batch["values"][mb], batch["returns"][mb]
+                    vpredclipped = mb_values + torch.clamp(vpred - mb_values, -cfg.cliprange_value, cfg.cliprange_value)
+                    vf_losses1 = (vpred - mb_returns) ** 2
+                    vf_losses2 = (vpredclipped - mb_returns) ** 2
+                    vf_loss = 0.5 * (torch.max(vf_losses1, vf_losses2) * mb_mask).sum() / n_tokens
+                    loss = (pg_loss + cfg.vf_coef * vf_loss) * world                   # DDP averages: undo it
+                    loss.backward()
+                pg_loss_sum += pg_loss.item()
+                vf_loss_sum += vf_loss.item()
 
-            state.optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(list(policy.parameters()) + list(value_head.parameters()), cfg.max_grad_norm)
+                # Diagnostics with the student's masked_mean on detached numpy copies.
+                m = mb_mask.double().cpu().numpy()
+                lr_np = logratio.detach().double().cpu().numpy()
+                r_np = np.exp(lr_np)
+                if first_ratio_max_dev is None:
+                    # Sanity check: nothing has moved yet, so every ratio of the first minibatch is 1.
+                    first_ratio_max_dev = float(np.max(np.abs(r_np - 1) * m))
+                with torch.no_grad():
+                    scaled = new_logits[:, :-1].float() / T
+                    ent = (torch.logsumexp(scaled, -1) - (torch.softmax(scaled, -1) * scaled).sum(-1))  # (mb, R)
+                stats["approxkl"].append(masked_mean(0.5 * lr_np ** 2, m))           # k2 of old vs new
+                stats["pg_clipfrac"].append(masked_mean((pg_losses2 > pg_losses).double().cpu().numpy(), m))
+                stats["vf_clipfrac"].append(masked_mean((vf_losses2 > vf_losses1).double().cpu().numpy(), m))
+                stats["entropy"].append(masked_mean(ent.double().cpu().numpy(), m))
+                stats["ratio"].append(masked_mean(r_np, m))
+            stats["pg_loss"].append(pg_loss_sum)
+            stats["vf_loss"].append(vf_loss_sum)
+            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             state.optimizer.step()
 
-            # Diagnostics with the student's masked_mean on detached numpy copies.
-            m = mb_mask.numpy().astype(np.float64)
-            lr_np = logratio.detach().double().numpy()
-            r_np = np.exp(lr_np)
-            if first_ratio_max_dev is None:
-                # Sanity check: nothing has moved yet, so every ratio of the first minibatch is 1.
-                first_ratio_max_dev = float(np.max(np.abs(r_np - 1) * m))
-            with torch.no_grad():
-                scaled = new_logits[:, ctx - 1:-1] / T
-                p = torch.softmax(scaled, -1)
-                ent = (torch.logsumexp(scaled, -1) - (p * scaled).sum(-1)).double().numpy()  # (mb, R)
-            stats["approxkl"].append(masked_mean(0.5 * lr_np ** 2, m))              # k2 of old vs new
-            stats["pg_clipfrac"].append(masked_mean((pg_losses2 > pg_losses).double().numpy(), m))
-            stats["pg_loss"].append(float(pg_loss.item()))
-            stats["vf_loss"].append(float(vf_loss.item()))
-            stats["vf_clipfrac"].append(masked_mean((vf_losses2 > vf_losses1).double().numpy(), m))
-            stats["entropy"].append(masked_mean(ent, m))
-            stats["ratio"].append(masked_mean(r_np, m))
-
-    # 7. Metrics (TRL's names) and the KL controller's update.
-    k1, _, k3 = kl_estimates(logprobs_np, ref_logprobs_np)
-    mean_kl = float(np.mean(np.sum(np.asarray(k1) * mask_np, axis=1)))        # nats per response
-    mean_non_score = float(np.mean(non_score_reward.sum(1)))
-    metrics = {
-        "objective/kl": mean_kl,
-        "objective/kl_k3": float(np.mean(np.sum(np.asarray(k3) * mask_np, axis=1))),
-        "objective/entropy": float(np.mean(np.sum(-logprobs_np, axis=1))),
-        "objective/non_score_reward": mean_non_score,
-        "objective/rlhf_reward": mean_non_score + float(scores.mean()),
-        "objective/scores": float(scores.mean()),
-        "objective/kl_coef": kl_coef,
-        "policy/approxkl_avg": float(np.mean(stats["approxkl"])),
-        "policy/clipfrac_avg": float(np.mean(stats["pg_clipfrac"])),
-        "loss/policy_avg": float(np.mean(stats["pg_loss"])),
-        "loss/value_avg": float(np.mean(stats["vf_loss"])),
-        "val/clipfrac_avg": float(np.mean(stats["vf_clipfrac"])),
-        "policy/entropy_avg": float(np.mean(stats["entropy"])),
-        "val/ratio": float(np.mean(stats["ratio"])),
-        "val/ratio_var": float(np.var(stats["ratio"])),
-        "val/num_eos_tokens": int((query_response[:, ctx:] == state.tokenizer.eos_token_id).sum().item()),
+    mean = lambda key: _all_sum(np.mean(stats[key]), state.device) / world  # noqa: E731
+    return {
+        "policy/approxkl_avg": mean("approxkl"),
+        "policy/clipfrac_avg": mean("pg_clipfrac"),
+        "loss/policy_avg": mean("pg_loss"),
+        "loss/value_avg": mean("vf_loss"),
+        "val/clipfrac_avg": mean("vf_clipfrac"),
+        "policy/entropy_avg": mean("entropy"),
+        "val/ratio": mean("ratio"),
+        "val/ratio_var": _all_sum(np.var(stats["ratio"]), state.device) / world,
         "sanity/first_ratio_max_dev": first_ratio_max_dev,
-        "lr": state.optimizer.param_groups[0]["lr"],
-        "episode": (state.iteration + 1) * B,
-        "seconds": time.perf_counter() - start,
     }
-    state.kl_ctl.update(mean_kl, B)
-    state.iteration += 1
-    state.history.append(metrics)
-    state.last_rollout = {"prompts": list(prompts), "responses": list(gen["responses"]), "scores": scores,
-                          "rewards": rewards, "advantages": advantages, "mask": mask_np}
-    return metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints: everything an uninterrupted run would carry into its next iteration
+# --------------------------------------------------------------------------------------------------
+CHECKPOINT_FORMAT = "rlhf_course.rlhf_ppo/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read (truncated, corrupt, or not one of ours)."""
+
+
+def save_checkpoint(state: RLHFState, path) -> Path:
+    """Write policy, value head, optimizer, KL controller, iteration and history to ``path``, atomically.
+
+    The reference model is not saved: it is the run's starting point, which the caller rebuilds. The
+    rollout and shuffle seeds derive from (seed, iteration), so these are all a resumed run needs to
+    take exactly the step an uninterrupted one would.
+    """
+    path = Path(path)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "policy": state.policy.state_dict(),
+        "value_head": state.value_head.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "kl_ctl": {k: v for k, v in vars(state.kl_ctl).items() if isinstance(v, (int, float))},
+        "iteration": state.iteration,
+        "history": state.history,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)                                       # a crash never leaves half a checkpoint
+    return path
+
+
+def load_checkpoint(state: RLHFState, path) -> RLHFState:
+    """Restore what ``save_checkpoint`` wrote into a freshly made state (same model shape); raises
+    CheckpointError with the reason if the file is unreadable or not a checkpoint of this loop."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location=state.device, weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("not an rlhf_course PPO checkpoint")
+        state.policy.load_state_dict(payload["policy"])
+        state.value_head.load_state_dict(payload["value_head"])
+        state.optimizer.load_state_dict(payload["optimizer"])
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} is unusable: {type(err).__name__}: "
+                              f"{(str(err).strip().splitlines() or [''])[0]}") from err
+    vars(state.kl_ctl).update(payload["kl_ctl"])
+    state.iteration = int(payload["iteration"])
+    state.history = list(payload["history"])
+    return state
 
 
 TRL_METRICS = ["objective/kl", "objective/entropy", "objective/non_score_reward", "objective/rlhf_reward",

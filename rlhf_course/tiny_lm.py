@@ -196,8 +196,11 @@ def _unigram_loss(train_ids: list[list[int]], test_ids: list[list[int]], eos_id:
     return float(-logp[targets].mean())
 
 
-def _build(out_dir: Path, build: TinyLMBuild, progress: bool) -> dict:
-    """Train tokenizer + tiny GPT-2 and save both (and build_info.json, last) into out_dir."""
+def _build(out_dir: Path, build: TinyLMBuild, progress: bool, device: str = "cpu") -> dict:
+    """Train tokenizer + tiny GPT-2 and save both (and build_info.json, last) into out_dir.
+
+    On a CUDA device the forward passes run under bf16 autocast (fp32 master weights).
+    """
     from tqdm.auto import tqdm
 
     t0 = time.time()
@@ -210,8 +213,10 @@ def _build(out_dir: Path, build: TinyLMBuild, progress: bool) -> dict:
     torch.manual_seed(build.seed)
     config = tiny_gpt2_config(len(tokenizer), n_positions=build.n_positions, n_layer=build.n_layer,
                               n_embd=build.n_embd, n_head=build.n_head)
-    model = GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel(config).to(device)
     model.loss_type = "ForCausalLM"  # what HF falls back to anyway, minus a warning (see _load_dir)
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                              enabled=torch.device(device).type == "cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=build.lr, weight_decay=0.01)
     min_lr = build.lr / 10
 
@@ -230,8 +235,9 @@ def _build(out_dir: Path, build: TinyLMBuild, progress: bool) -> dict:
         for step in bar:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
-            batch = rows[torch.randint(len(rows), (build.batch_size,), generator=gen)]  # (B, T)
-            loss = model(input_ids=batch, labels=batch).loss  # HF shifts labels inside
+            batch = rows[torch.randint(len(rows), (build.batch_size,), generator=gen)].to(device)  # (B, T)
+            with autocast:
+                loss = model(input_ids=batch, labels=batch).loss  # HF shifts labels inside
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -239,7 +245,7 @@ def _build(out_dir: Path, build: TinyLMBuild, progress: bool) -> dict:
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         model.eval()
-        heldout_loss = _heldout_loss(model, tokenizer, heldout)
+        heldout_loss = _heldout_loss(model.cpu(), tokenizer, heldout)
     finally:
         torch.set_num_threads(old_threads)
     heldout_ids = tokenizer(heldout).input_ids
@@ -290,7 +296,8 @@ def _load_dir(path: Path):
 
 
 def load_tiny_lm(cache_dir=None, rebuild: bool = False, progress: bool = True,
-                 build: TinyLMBuild | None = None) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
+                 build: TinyLMBuild | None = None,
+                 device: str = "cpu") -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
     """The tiny review-language GPT-2 and its tokenizer, built on first use and cached.
 
     Args:
@@ -299,7 +306,10 @@ def load_tiny_lm(cache_dir=None, rebuild: bool = False, progress: bool = True,
             the build>``, so changing any of it builds afresh.
         rebuild: build even if a cached copy exists (and replace it).
         progress: show a tqdm bar while pretraining.
-        build: the build settings; ``TinyLMBuild(steps=20)`` is a quick (bad) model for tests.
+        build: the build settings; ``TinyLMBuild(steps=20)`` is a quick (bad) model for tests, and the
+            capstone's GPU preset builds a GPT-2-124M-shaped one when the real GPT-2 is not cached.
+        device: where to train if it must be built ("cuda": bf16 autocast); the model returned is on
+            the CPU either way.
     Returns:
         (model in eval() mode on CPU, tokenizer). ``model.config.name_or_path`` is the cache folder,
         whose ``build_info.json`` holds the parameter count, held-out and unigram losses.
@@ -320,7 +330,7 @@ def load_tiny_lm(cache_dir=None, rebuild: bool = False, progress: bool = True,
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
     try:
-        info = _build(tmp, build, progress)
+        info = _build(tmp, build, progress, device)
         if final.exists() and not rebuild:  # another process may have finished first: keep its copy
             try:
                 model, tokenizer, _ = _load_dir(final)
@@ -425,14 +435,18 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_responses(model, tokenizer, prompts: list[str], max_new_tokens: int = 16,
-                       temperature: float = 1.0, seed: int = 0, do_sample: bool = True) -> dict:
-    """Sample a response to each prompt, with the bookkeeping RLHF needs.
+def generate_responses(model, tokenizer, prompts: list[str] | torch.Tensor, max_new_tokens: int = 16,
+                       temperature: float = 1.0, seed: int = 0, do_sample: bool = True,
+                       stop_at_eos: bool = True, return_logits: bool = False,
+                       return_hidden: bool = False) -> dict:
+    """Sample a response to each prompt (a string, or a row of a (B, P) tensor of token ids), with the
+    bookkeeping RLHF needs.
 
     A plain loop with a key/value cache: left-pad the queries to a common context length ctx, then
     draw one token per step from softmax(logits / temperature) (no top-k, no top-p) or take the
     argmax (``do_sample=False`` or ``temperature == 0``). The pad token is never sampled. A row stops
-    at its first EOS; later slots hold pad_token_id. Deterministic given seed.
+    at its first EOS (``stop_at_eos=False``: every row generates all max_new_tokens, as a benchmark
+    wants); later slots hold pad_token_id. Deterministic given seed (and the device).
 
     Returns a dict with
         "query_response": (B, ctx + R) LongTensor, left-padded query then response, R = max_new_tokens;
@@ -440,7 +454,13 @@ def generate_responses(model, tokenizer, prompts: list[str], max_new_tokens: int
         "context_length": int ctx;
         "response_mask": (B, R) float, 1.0 for response tokens up to AND including the first EOS;
         "responses": list of B decoded responses, special tokens dropped, leading space dropped, so
-            ``prompt + " " + response`` is the full text.
+            ``prompt + " " + response`` is the full text;
+        "logits" (if return_logits): (B, R, V) float32, the model's raw logits (before the
+            temperature, pad not masked) that predicted response token t, i.e. those of position
+            ctx - 1 + t: what a full forward pass over query_response gives there, up to float
+            rounding. RLHF reads the rollout policy's log-probs from them instead of a second pass;
+        "hidden" (if return_hidden): (B, R, H), the last hidden state at the same positions (the
+            input of a value head). Steps after every row has stopped are zeros (masked anyway).
     Position ids are ``position_ids_from_mask(attention_mask)`` throughout, so padding does not
     shift any row.
     """
@@ -448,54 +468,72 @@ def generate_responses(model, tokenizer, prompts: list[str], max_new_tokens: int
     if pad_id is None or pad_id == eos_id:
         raise ValueError("the tokenizer needs a pad token distinct from EOS")
     greedy = not do_sample or temperature == 0
-    enc = tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt")
-    query, query_mask = enc.input_ids, enc.attention_mask                 # (B, ctx)
-    B, ctx = query.shape
     device = next(model.parameters()).device
-    query, query_mask = query.to(device), query_mask.to(device)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    if isinstance(prompts, torch.Tensor):                       # token ids already, unpadded (benchmarks)
+        query, query_mask = prompts.to(device), torch.ones_like(prompts, device=device)
+    else:
+        enc = tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt")
+        query, query_mask = enc.input_ids.to(device), enc.attention_mask.to(device)  # (B, ctx)
+    B, ctx = query.shape
+    gen = torch.Generator(device=device).manual_seed(seed)
+    trunk, head = model.base_model, model.get_output_embeddings()  # the LM head only where it is needed
 
-    mask = query_mask.clone()                                            # grows to (B, ctx + t)
-    positions = position_ids_from_mask(mask)
+    mask = torch.cat([query_mask, torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)], 1)
+    positions = position_ids_from_mask(query_mask)
     next_input, next_pos = query, positions
     past = None
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    step_logits = torch.zeros(B, max_new_tokens, head.out_features, device=device) if return_logits else None
+    step_hidden = torch.zeros(B, max_new_tokens, head.in_features, device=device) if return_hidden else None
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
-        out = model(input_ids=next_input, attention_mask=mask, position_ids=next_pos,
+        out = trunk(input_ids=next_input, attention_mask=mask[:, :ctx + t], position_ids=next_pos,
                     past_key_values=past, use_cache=True)
         past = out.past_key_values
-        logits = out.logits[:, -1].float()                               # (B, V)
+        hidden = out.last_hidden_state[:, -1]                            # (B, H) at position ctx - 1 + t
+        logits = head(hidden).float()                                    # (B, V)
+        if return_logits:
+            step_logits[:, t] = logits
+        if return_hidden:
+            step_hidden[:, t] = hidden
         logits[:, pad_id] = -float("inf")  # pad only ever marks "no token", never a sampled one
         if greedy:
             token = logits.argmax(-1)
         else:
-            probs = (logits / temperature).softmax(-1).cpu()
-            token = torch.multinomial(probs, 1, generator=gen)[:, 0].to(device)
+            probs = (logits / temperature).softmax(-1)
+            token = torch.multinomial(probs, 1, generator=gen)[:, 0]
         token = torch.where(done, torch.full_like(token, pad_id), token)
         tokens[:, t] = token
-        real = ~done                                                     # EOS itself is real
-        done = done | (token == eos_id)
-        mask = torch.cat([mask, real.long()[:, None]], dim=1)
+        mask[:, ctx + t] = (~done).long()                                # EOS itself is real
+        if stop_at_eos:
+            done = done | (token == eos_id)
         next_input = token[:, None]
         next_pos = (mask.sum(-1, keepdim=True) - 1).clamp(min=0)         # position of the new token
-        if done.all():
+        if stop_at_eos and bool(done.all()):
             break
     # real = at or before the first EOS; rows that never emit EOS are real for all R slots
-    eos_before = torch.cumsum((tokens == eos_id).long(), dim=1) - (tokens == eos_id).long()  # (B, R)
-    response_mask = (eos_before == 0).float()                            # (B, R)
+    if stop_at_eos:
+        is_eos = (tokens == eos_id).long()
+        response_mask = ((torch.cumsum(is_eos, dim=1) - is_eos) == 0).float()  # (B, R)
+    else:
+        response_mask = torch.ones(B, max_new_tokens, device=device)
     attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)
     texts = []
-    for row, m in zip(tokens, response_mask):
+    for row, m in zip(tokens.cpu(), response_mask.cpu()):
         text = tokenizer.decode(row[m.bool()], skip_special_tokens=True)
         texts.append(text[1:] if text.startswith(" ") else text)
-    return {
+    result = {
         "query_response": torch.cat([query, tokens], dim=1),
         "attention_mask": attention_mask,
         "context_length": ctx,
         "response_mask": response_mask,
         "responses": texts,
     }
+    if return_logits:
+        result["logits"] = step_logits
+    if return_hidden:
+        result["hidden"] = step_hidden
+    return result
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+"""Graded answers taken from a notebook, for code that needs a learner's functions outside it.
+
+The helper package never contains a graded answer. Whatever needs one at work (the capstone's command
+line, a book page that runs a graded function) executes the answer cells of a notebook in a fresh
+namespace and takes the names it needs from there: the learner's own filled-in exercise, or, in the
+instructor's copy of the course, the solution notebook. Only ``json`` reads the notebook (no nbformat),
+so this also works on a machine without Jupyter, such as the GPU check's.
+
+    answers = load_answers("exercises/capstone/capstone.ipynb", ["sft_loss", "masked_mean"])
+    answers["sft_loss"](logits, input_ids, prompt_mask, attention_mask)
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+PRELUDE = ("import copy\nimport math\nimport numpy as np\nimport torch\nimport torch.nn as nn\n"
+           "import torch.nn.functional as F\n")
+"""What every answer cell may take for granted (each exercise imports these in its first cell)."""
+
+_MARKERS = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$", re.MULTILINE)
+_UNSOLVED = "raise NotImplementedError()"
+
+
+class MissingAnswers(RuntimeError):
+    """A notebook does not (yet) define the graded functions asked for."""
+
+
+def answer_cells(notebook) -> list[tuple[str, str]]:
+    """(grade_id, source) of every answer cell (nbgrader ``solution: true``), in notebook order."""
+    path = Path(notebook)
+    try:
+        nb = json.loads(path.read_text())
+        cells = nb["cells"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise MissingAnswers(f"cannot read the notebook {path}: {type(err).__name__}: {err}") from err
+    out = []
+    for cell in cells:
+        meta = (cell.get("metadata") or {}).get("nbgrader") or {}
+        if cell.get("cell_type") == "code" and meta.get("solution"):
+            source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+            out.append((str(meta.get("grade_id", "?")), _MARKERS.sub("", source)))
+    return out
+
+
+def load_answers(notebook, names: list[str]) -> dict:
+    """Execute a notebook's answer cells and return {name: object} for each of ``names``.
+
+    Raises MissingAnswers naming what is wrong: a name no answer cell defines, a name whose cell is
+    still the released stub (``raise NotImplementedError()``), or an answer cell that raises.
+    """
+    path = Path(notebook)
+    namespace: dict = {"__name__": f"answers_of_{path.stem}"}
+    exec(PRELUDE, namespace)
+    unsolved, defined_by = set(), {}
+    for grade_id, source in answer_cells(path):
+        before = set(namespace)
+        try:
+            exec(compile(source, f"{path.name}:{grade_id}", "exec"), namespace)
+        except Exception as err:
+            raise MissingAnswers(f"{path}: answer cell {grade_id!r} raises {type(err).__name__}: {err}") from err
+        for name in set(namespace) - before | {grade_id}:
+            defined_by[name] = grade_id
+            if _UNSOLVED in source:
+                unsolved.add(name)
+    missing = [n for n in names if n not in namespace]
+    stubs = [n for n in names if n in unsolved]
+    if missing or stubs:
+        what = []
+        if stubs:
+            what.append("not implemented yet (still `raise NotImplementedError()`): " + ", ".join(stubs))
+        if missing:
+            what.append("defined by no answer cell: " + ", ".join(missing))
+        raise MissingAnswers(f"{path}: " + "; ".join(what))
+    return {n: namespace[n] for n in names}
