@@ -51,7 +51,7 @@ from rlhf_course.tiny_lm import _quiet_progress_bars
 from rlhf_course.rlhf_ppo import (CheckpointError, FixedKLController, RLHFConfig, _gather_rows, distributed,
                                   load_checkpoint,
                                   make_rlhf_state, ppo_rlhf_iteration, resolve_device, response_logits,
-                                  reward_model_scores, save_checkpoint)
+                                  reward_model_scores, save_checkpoint, use_fast_kernels)
 
 PPO_FUNCTIONS = ["response_log_probs", "per_token_rewards", "masked_mean", "masked_whiten", "kl_estimates"]
 """Chapter 4's graded functions, as ppo_rlhf_iteration takes them."""
@@ -193,18 +193,18 @@ def load_base_model(cfg: CapstoneConfig, progress: bool = True):
 
     if cfg.model == "tiny":
         model, tokenizer = load_tiny_lm(progress=progress)
-        return model, tokenizer, f"tiny GPT-2 ({_n_params(model) / 1e6:.2f} M params)"
+        return use_fast_kernels(model), tokenizer, f"tiny GPT-2 ({_n_params(model) / 1e6:.2f} M params)"
     if cfg.model != "gpt2":
         raise ValueError(f"model must be 'tiny' or 'gpt2', got {cfg.model!r}")
     try:
         model, tokenizer = _load_gpt2("gpt2")
-        return model, tokenizer, f"GPT-2 ({_n_params(model) / 1e6:.0f} M params, local Hugging Face cache)"
+        return use_fast_kernels(model), tokenizer, f"GPT-2 ({_n_params(model) / 1e6:.0f} M params, local Hugging Face cache)"
     except Exception as err:
         print(f"capstone: GPT-2 is not in the local Hugging Face cache ({type(err).__name__}); pretraining "
               f"the same architecture on the text world instead (once; cached)", flush=True)
     device = resolve_device(cfg.device).type
     model, tokenizer = load_tiny_lm(progress=progress, build=TinyLMBuild(**GPT2_SCRATCH), device=device)
-    return model, tokenizer, f"GPT-2 architecture ({_n_params(model) / 1e6:.0f} M params, pretrained on the text world)"
+    return use_fast_kernels(model), tokenizer, f"GPT-2 architecture ({_n_params(model) / 1e6:.0f} M params, pretrained on the text world)"
 
 
 def _n_params(model: nn.Module) -> int:
@@ -260,7 +260,7 @@ def sft_stage(cfg: CapstoneConfig, model: nn.Module, tokenizer, sft_loss: Callab
     ids, prompt_mask, attn = encode_demonstrations(tokenizer, prompts, demos, device)
     train, held = slice(0, cfg.sft_examples), slice(cfg.sft_examples, None)
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0, fused=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
 
@@ -356,7 +356,7 @@ def reward_model_stage(cfg: CapstoneConfig, sft_model, tokenizer, RewardModel, t
 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    rm = RewardModel(copy.deepcopy(sft_model.base_model)).to(device)
+    rm = RewardModel(use_fast_kernels(copy.deepcopy(sft_model.base_model))).to(device)  # trunk only: dense
     rm_cfg = RMConfig(seed=cfg.seed, batch_size=cfg.rm_batch_size, steps=cfg.rm_steps, learning_rate=cfg.rm_lr,
                       eval_every=cfg.rm_steps, threads=cfg.threads)
     rec = train_reward_model(rm, tokenizer, train_prefs, bradley_terry_loss_torch, rm_cfg, eval_prefs=eval_prefs,
@@ -652,7 +652,7 @@ def run(cfg: CapstoneConfig, out, answers: dict, resume: bool = False, stop_afte
         torch.save(rm.state_dict(), rm_path)
         _write_json(out / "reward_model.json", {"preferences": pref_record, **rm_record})
     _barrier()
-    rm = answers["RewardModel"](copy.deepcopy(sft_model.base_model)).to(device)
+    rm = answers["RewardModel"](use_fast_kernels(copy.deepcopy(sft_model.base_model))).to(device)
     rm.load_state_dict(torch.load(rm_path, map_location=device, weights_only=True))
     rm.eval().requires_grad_(False)
     rm_record = json.loads((out / "reward_model.json").read_text())
@@ -750,7 +750,7 @@ def _load_sft(sft_dir: Path, device):
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
     with _quiet_progress_bars():
-        model = GPT2LMHeadModel.from_pretrained(sft_dir, local_files_only=True).to(device).eval()
+        model = use_fast_kernels(GPT2LMHeadModel.from_pretrained(sft_dir, local_files_only=True)).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(sft_dir, local_files_only=True)
     return model, tokenizer
 
@@ -863,7 +863,7 @@ def bench(args) -> dict:
                         embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=args.vocab - 2, eos_token_id=args.vocab - 2,
                         pad_token_id=args.vocab - 1)
     policy = GPT2LMHeadModel(config)
-    rm = answers["RewardModel"](GPT2LMHeadModel(config).transformer).eval().requires_grad_(False)
+    rm = answers["RewardModel"](use_fast_kernels(GPT2LMHeadModel(config).transformer)).eval().requires_grad_(False)
     cfg = RLHFConfig(batch_size=args.batch_size, response_length=args.response_length, temperature=0.7,
                      num_ppo_epochs=args.ppo_epochs, num_minibatches=args.minibatches, stop_at_eos=False,
                      torch_threads=args.threads, rollout_logprobs=args.rollout_logprobs)
@@ -889,6 +889,85 @@ def bench(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The GPU check (scripts/gpu_check.sh): the gpu preset, briefly, and one JSON line of measurements
+# ---------------------------------------------------------------------------------------------------
+def check(out, device: str = "cuda", answers_path=None, progress: bool = True) -> dict:
+    """Run the "check" preset into a fresh ``out`` and measure it; returns the JSON line's dict.
+
+    Iteration time is the median of the PPO iterations' wall time; generated tokens/s is batch ×
+    response length over it; the model-FLOP utilisation is ``iteration_flops`` of the policy's shape
+    over that time, against the GPU's data-sheet dense bf16 peak (on a CPU: the fp32 matmul
+    throughput measured here, as the speed benchmark does).
+    """
+    import resource
+    import shutil
+
+    cfg = get_preset("check", device=device)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RunError("no CUDA GPU visible to torch: run `bash scripts/gpu_check.sh --device cpu` for the CPU "
+                       "fallback, or install a CUDA build of torch")
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)                                        # a check always starts from nothing
+    dev = resolve_device(cfg.device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    answers = load_answers(answers_path or default_answers(), ANSWERS)
+    summary = run(cfg, out, answers, progress=progress)
+    metrics = read_metrics(out)
+    sft_config = json.loads((out / "sft" / "config.json").read_text())
+    seconds = float(np.median([m["seconds"] for m in metrics[1:]] or [metrics[0]["seconds"]]))
+    B, R = cfg.ppo.batch_size, cfg.ppo.response_length
+    flops = iteration_flops(sft_config["n_layer"], sft_config["n_embd"], sft_config["vocab_size"], B,
+                            padded_prompt_length(out / "sft", B), R, cfg.ppo.num_ppo_epochs, cfg.ppo.rollout_logprobs)
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+        peak, peak_what = gpu_peak_flops(name), "data-sheet dense bf16 peak"
+        if peak is None:
+            peak, peak_what = measure_matmul_flops(dev, torch.bfloat16, (8192, 8192, 8192)), "measured bf16 matmul"
+        memory = torch.cuda.max_memory_allocated(dev) / 2**30
+    else:
+        name = _device_name(dev)
+        peak, peak_what = measure_matmul_flops(dev), "measured fp32 matmul (336x768x3072)"
+        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB -> GiB (Linux)
+    return {"check": "capstone-gpu", "device": name, "model": summary["model"], "preset": cfg.name,
+            "iteration_seconds": seconds, "generated_tokens_per_s": B * R / seconds,
+            "flops_per_iteration": flops, "mfu": flops / seconds / peak, "peak_flops": peak, "peak_is": peak_what,
+            "peak_memory_gib": memory, "memory_is": "torch.cuda.max_memory_allocated" if dev.type == "cuda"
+            else "process max RSS", "gold_reward_start": summary["gold_reward_before"],
+            "gold_reward_end": summary["gold_reward_after"], "proxy_reward_start": summary["proxy_reward_before"],
+            "proxy_reward_end": summary["proxy_reward_after"], "kl_end": summary["kl_after"],
+            "seconds_total": summary["seconds"], "plots": [str(out / "training_curves.png"), str(out / "rewards_vs_kl.png")],
+            "torch": torch.__version__}
+
+
+def padded_prompt_length(tokenizer_dir, batch_size: int, n_batches: int = 16) -> int:
+    """The mean context length of a rollout: text-world prompts, left-padded to the longest of each batch."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    lengths = [len(ids) for ids in tokenizer(tw.sample_prompts(batch_size * n_batches, seed=1))["input_ids"]]
+    return round(float(np.mean([max(lengths[i:i + batch_size]) for i in range(0, len(lengths), batch_size)])))
+
+
+def _check_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m rlhf_course.capstone check",
+                                description="The capstone's GPU check: the gpu preset, briefly; one JSON line.")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="cuda (default), or cpu: the same code at toy size")
+    p.add_argument("--out", type=Path, default=Path("gpu-check"), help="run folder (replaced)")
+    p.add_argument("--answers", type=Path, default=None)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        result = check(args.out, args.device, args.answers, progress=not args.quiet)
+    except (MissingAnswers, RunError) as err:
+        return _fail(str(err))
+    print(json.dumps(result))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------
 def _fail(message: str) -> int:
@@ -900,6 +979,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         return _bench_main(argv[1:])
+    if argv[:1] == ["check"]:
+        return _check_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m rlhf_course.capstone", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="auto", help=f"one of auto, {', '.join(PRESETS)} (default: auto)")

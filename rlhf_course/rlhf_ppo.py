@@ -156,6 +156,32 @@ def response_logits(model: nn.Module, query_response: torch.Tensor, attention_ma
     return model.get_output_embeddings()(hidden), hidden
 
 
+def use_fast_kernels(model: nn.Module, sparse_embedding: bool = True) -> nn.Module:
+    """The same GPT-2 function with fewer passes over memory; returns the model, changed in place.
+
+    * GPT-2's "gelu_new" activation is written in transformers as eight elementwise operations, each a
+      full pass over the (tokens × 4E) MLP activations, forward and backward; torch's fused tanh-GELU
+      kernel computes the same formula in one (equal to 1e-15 in float64).
+    * GPT-2 ties the input embedding to the LM head. A dense embedding gradient is a (V × E) tensor of
+      zeros with B·T rows filled in, then added to the head's gradient: two full passes over 154 MB
+      per backward for GPT-2. A sparse one adds only the B·T rows into the head's (dense) gradient.
+      (Not under DistributedDataParallel, which insists that a sparse embedding's gradient stay sparse.)
+    """
+    from transformers.activations import ACT2FN
+
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "activation_function", None) == "gelu_new":
+        for module in model.modules():
+            if hasattr(module, "act") and type(module.act).__name__ == "NewGELUActivation":
+                module.act = ACT2FN["gelu_pytorch_tanh"]
+        config.activation_function = "gelu_pytorch_tanh"        # saved with the model: reloads the same
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(embed, nn.Embedding):                          # only when tied: Adam needs a dense sum
+        embed.sparse = sparse_embedding and head is not None and embed.weight is head.weight
+    return model
+
+
 class PolicyAndValue(nn.Module):
     """The policy LM and its value head on the shared trunk: one module, so DDP can wrap both."""
 
@@ -264,14 +290,15 @@ def make_rlhf_state(config: RLHFConfig | None = None, kl_ctl=None, policy="tiny"
     else:
         lm = policy
         description = description or f"{type(lm).__name__} ({sum(p.numel() for p in lm.parameters()) / 1e6:.2f} M params)"
-    lm.to(device)
+    use_fast_kernels(lm, sparse_embedding=distributed()[1] == 1).to(device)
     lm.train(False)                                            # dropout is 0 anyway; keep it that way
     ref_policy = copy.deepcopy(lm)
     for p in ref_policy.parameters():
         p.requires_grad_(False)
     value_head = make_value_head(lm.config.n_embd).to(device)
+    # fused: one pass over parameters, gradients and both moments instead of a loop of small kernels
     optimizer = torch.optim.Adam(list(lm.parameters()) + list(value_head.parameters()),
-                                 lr=cfg.learning_rate, eps=1e-5)
+                                 lr=cfg.learning_rate, eps=1e-5, fused=True)
     train_model = PolicyAndValue(lm, value_head)
     if distributed()[1] > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -544,15 +571,20 @@ def ppo_update(state: RLHFState, cfg: RLHFConfig, batch: dict, *, response_log_p
                 stats["ratio"].append(masked_mean(r_np, m))
             stats["pg_loss"].append(pg_loss_sum)
             stats["vf_loss"].append(vf_loss_sum)
+            for p in params:     # a tied embedding whose head got no gradient (use_fast_kernels) is sparse
+                if p.grad is not None and p.grad.is_sparse:
+                    p.grad = p.grad.to_dense()
             nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             state.optimizer.step()
 
+    # Per-process means of the diagnostics are averaged over processes; the losses are already
+    # shares of the whole minibatch's token mean, so their sum over processes is the loss.
     mean = lambda key: _all_sum(np.mean(stats[key]), state.device) / world  # noqa: E731
     return {
         "policy/approxkl_avg": mean("approxkl"),
         "policy/clipfrac_avg": mean("pg_clipfrac"),
-        "loss/policy_avg": mean("pg_loss"),
-        "loss/value_avg": mean("vf_loss"),
+        "loss/policy_avg": mean("pg_loss") * world,
+        "loss/value_avg": mean("vf_loss") * world,
         "val/clipfrac_avg": mean("vf_clipfrac"),
         "policy/entropy_avg": mean("entropy"),
         "val/ratio": mean("ratio"),

@@ -1,0 +1,70 @@
+"""One PPO update on a fixed rollout, alone or under torchrun; saves the updated weights (rank 0).
+
+    python tests/ddp_update_worker.py OUT.pt [--accumulate K]                  # one process
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_update_worker.py OUT.pt
+
+Used by tests/test_capstone.py: the update must not depend on how the batch is split (processes,
+gradient-accumulation steps) beyond float rounding.
+"""
+import sys
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from rlhf_course.rlhf_ppo import FixedKLController, RLHFConfig, distributed, make_rlhf_state, ppo_update
+
+
+class IdTokenizer:
+    pad_token_id, eos_token_id = 31, 30
+
+
+def ref_response_log_probs(logits, input_ids, context_length, temperature=1.0):
+    logp = torch.log_softmax(logits[:, context_length - 1:-1] / temperature, dim=-1)
+    return logp.gather(-1, input_ids[:, context_length:, None])[..., 0]
+
+
+def ref_masked_mean(x, mask):
+    return float(np.asarray(x)[np.asarray(mask) > 0].mean())
+
+
+def fixed_rollout(B=8, ctx=3, R=5, V=32):
+    """A deterministic batch: random prompts and responses, ragged response masks, random targets."""
+    g = torch.Generator().manual_seed(0)
+    qr = torch.randint(0, 30, (B, ctx + R), generator=g)
+    lengths = torch.randint(1, R + 1, (B,), generator=g)
+    mask = (torch.arange(R)[None] < lengths[:, None]).float()                  # (B, R)
+    attention_mask = torch.cat([torch.ones(B, ctx, dtype=torch.long), mask.long()], 1)
+    rand = lambda: torch.randn(B, R, generator=g) * mask                        # noqa: E731
+    return {"query_response": qr, "attention_mask": attention_mask, "context_length": ctx, "mask": mask,
+            "logprobs": -torch.rand(B, R, generator=g) * 3 * mask, "values": rand(), "advantages": rand(),
+            "returns": rand()}
+
+
+def main(out, accumulate=1):
+    if "RANK" in __import__("os").environ:
+        dist.init_process_group("gloo", timeout=timedelta(seconds=120))   # fail, never hang
+    rank, world = distributed()
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0.0,
+                                    embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=30, eos_token_id=30,
+                                    pad_token_id=31))
+    cfg = RLHFConfig(batch_size=8, num_minibatches=1, num_ppo_epochs=3, gradient_accumulation_steps=accumulate,
+                     learning_rate=1e-2)
+    state = make_rlhf_state(cfg, FixedKLController(0.1), policy=lm, tokenizer=IdTokenizer())
+    batch = fixed_rollout()
+    share = 8 // world
+    mine = {k: (v[rank * share:(rank + 1) * share] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    stats = ppo_update(state, cfg, mine, response_log_probs=ref_response_log_probs, masked_mean=ref_masked_mean,
+                       rng=np.random.default_rng(0))
+    if rank == 0:
+        torch.save({"policy": state.policy.state_dict(), "value_head": state.value_head.state_dict(),
+                    "stats": stats, "world": world}, out)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[2] == "--accumulate" else 1)

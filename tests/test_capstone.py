@@ -1,0 +1,303 @@
+"""The capstone: the CPU preset end to end, resume, one-line errors, DDP, the GPU check's CPU path, and
+oracles for the plumbing's math (best-of-n weights and KL, FLOP counts, answers from a notebook)."""
+import itertools
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, run
+from rlhf_course import capstone as cs
+from rlhf_course import textworld as tw
+from rlhf_course.answers import MissingAnswers, answer_cells, load_answers
+from rlhf_course.rlhf_ppo import TRL_METRICS
+
+ANSWERS = Path(os.environ.get("CAPSTONE_TEST_ANSWERS") or cs.default_answers())
+
+
+def capstone(*args, timeout=900, env=None):
+    """`python -m rlhf_course.capstone ARGS --answers <the solution>`; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "rlhf_course.capstone", *map(str, args), "--answers", str(ANSWERS)],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+def one_line_error(proc, *words):
+    assert proc.returncode == 2, f"exit {proc.returncode}, expected 2\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    err = proc.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err, f"not a one-line error: {err[-2000:]!r}"
+    for word in words:
+        assert word in err, f"{word!r} not in {err!r}"
+
+
+# ------------------------------------------------------------------ the CPU preset, end to end
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cpu-run") / "run"
+    proc = capstone("--preset", "cpu", "--seed", "0", "--out", out, "--quiet", "--json")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_cpu_preset_writes_everything_it_promises(cpu_run):
+    out, line = cpu_run
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("gold_reward_before", "gold_reward_after", "proxy_reward_before", "proxy_reward_after", "kl_after",
+                "seconds", "device", "model"):
+        assert key in summary and key in line, key
+    metrics = cs.read_metrics(out)
+    assert [m["iteration"] for m in metrics] == list(range(1, cs.PRESETS["cpu"].ppo_iterations + 1))
+    assert all(not [k for k in TRL_METRICS if k not in m] for m in metrics), "a TRL metric is missing"
+    evals = [m for m in metrics if "eval/gold_reward" in m]
+    assert evals and evals[-1]["iteration"] == len(metrics) and all("eval/proxy_reward" in m for m in evals)
+    for name in ("checkpoint.pt", "training_curves.png", "rewards_vs_kl.png", "reward_model.pt", "sft/sft.json"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 1000, name
+
+
+def test_cpu_preset_rlhf_works_and_is_judged_by_gold(cpu_run):
+    out, _ = cpu_run
+    s = json.loads((out / "summary.json").read_text())
+    assert s["gold_reward_before"] > s["gold_reward_base"] + 0.5, "SFT on good demonstrations must raise gold"
+    assert s["reward_model"]["eval_gold_acc"] > 0.8, "the reward model must rank held-out SFT samples like gold"
+    assert s["proxy_reward_after"] > s["proxy_reward_before"] + 0.3, "PPO must raise the reward it optimises"
+    assert s["gold_reward_after"] > s["gold_reward_before"] + 0.2, "PPO must raise the gold reward over SFT"
+    assert 0.5 < s["kl_after"] < 20, "the KL penalty must keep the policy near the SFT model"
+    bon = s["best_of_n"]["rows"]
+    assert [r["n"] for r in bon] == list(cs.PRESETS["cpu"].best_of_n)
+    assert all(r["kl_analytic"] == pytest.approx(math.log(r["n"]) - (r["n"] - 1) / r["n"]) for r in bon)
+    assert all(r["kl_empirical"] <= r["kl_analytic"] + 1e-9 for r in bon), "ties can only lower best-of-n's KL"
+    assert np.all(np.diff([r["proxy"] for r in bon]) > 0), "best-of-n's proxy reward rises with n"
+
+
+# ------------------------------------------------------------------ resume, errors, nothing lost
+@pytest.fixture(scope="module")
+def small_runs(tmp_path_factory):
+    """A toy-sized run stopped after 2 of 3 PPO iterations and resumed, and the same run uninterrupted
+    (from the same saved SFT model and reward model)."""
+    root = tmp_path_factory.mktemp("resume")
+    common = ("--preset", "check", "--device", "cpu", "--quiet")
+    stopped = capstone(*common, "--out", root / "a", "--stop-after", "2")
+    assert stopped.returncode == 0 and "stopped after 2" in stopped.stdout, stopped.stderr[-3000:]
+    assert len(cs.read_metrics(root / "a")) == 2
+    (root / "b").mkdir()
+    for name in ("sft", "reward_model.pt", "reward_model.json", "config.json", "eval_sft.json"):
+        (shutil.copytree if (root / "a" / name).is_dir() else shutil.copy)(root / "a" / name, root / "b" / name)
+    for folder in ("a", "b"):
+        proc = capstone(*common, "--out", root / folder, "--resume")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+def test_resume_takes_the_same_next_iteration(small_runs):
+    resumed, uninterrupted = cs.read_metrics(small_runs / "a"), cs.read_metrics(small_runs / "b")
+    assert len(resumed) == len(uninterrupted) == 3
+    for a, b in zip(resumed, uninterrupted):
+        for key, value in a.items():
+            if key != "seconds" and isinstance(value, float):
+                assert value == pytest.approx(b[key], rel=1e-9, abs=1e-12), (a["iteration"], key)
+    assert json.loads((small_runs / "a/summary.json").read_text())["gold_reward_after"] == \
+        json.loads((small_runs / "b/summary.json").read_text())["gold_reward_after"]
+
+
+def test_one_line_errors_with_exit_code_2(small_runs, tmp_path):
+    one_line_error(capstone("--preset", "huge", "--out", tmp_path / "x"), "unknown preset 'huge'")
+    if not torch.cuda.is_available():
+        one_line_error(capstone("--preset", "gpu", "--out", tmp_path / "x"), "needs a CUDA GPU")
+    (tmp_path / "a-file").write_text("not a folder")
+    one_line_error(capstone("--preset", "check", "--device", "cpu", "--out", tmp_path / "a-file" / "run"),
+                   "cannot write to --out")
+    one_line_error(capstone("--preset", "check", "--device", "cpu", "--out", small_runs / "a"), "--resume")
+    stub = REPO / "exercises/capstone/capstone.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "rlhf_course.capstone", "--preset", "check", "--device", "cpu",
+                           "--out", tmp_path / "y", "--answers", stub], capture_output=True, text=True, cwd=REPO)
+    one_line_error(proc, "not implemented yet", "sft_loss")
+
+
+def test_a_corrupt_checkpoint_is_refused_and_nothing_is_lost(small_runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(small_runs / "a", run_dir)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != "checkpoint.pt"}
+    (run_dir / "checkpoint.pt").write_bytes(b"\x00garbage, as after a full disk")
+    one_line_error(capstone("--preset", "check", "--device", "cpu", "--out", run_dir, "--resume"),
+                   "checkpoint", "unusable")
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != "checkpoint.pt"}
+    assert after == before, "a refused resume must not change what the run had written"
+
+
+# ------------------------------------------------------------------ DDP: the same update, split differently
+def test_ddp_and_gradient_accumulation_give_the_single_process_update(tmp_path):
+    worker = REPO / "tests/ddp_update_worker.py"
+    run(sys.executable, worker, tmp_path / "single.pt")
+    run(sys.executable, worker, tmp_path / "accumulated.pt", "--accumulate", "4")
+    # gloo over the loopback interface: the host's name may resolve to an address the sandbox cannot reach
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(worker), str(tmp_path / "ddp.pt")], capture_output=True, text=True, timeout=400,
+                         env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"})
+    assert ddp.returncode == 0, ddp.stderr[-4000:]
+    single, acc, ddp = (torch.load(tmp_path / f"{n}.pt", weights_only=False) for n in ("single", "accumulated", "ddp"))
+    assert (single["world"], acc["world"], ddp["world"]) == (1, 1, 2)
+    moved = [k for k, v in single["policy"].items() if v.dtype.is_floating_point]
+    for other in (acc, ddp):
+        for key in moved:
+            assert torch.allclose(single["policy"][key], other["policy"][key], atol=1e-6, rtol=1e-5), key
+        for key in ("loss/policy_avg", "loss/value_avg"):
+            assert other["stats"][key] == pytest.approx(single["stats"][key], rel=1e-5)
+    assert single["stats"]["policy/approxkl_avg"] > 0.01, "the update must move the policy for this to mean anything"
+
+
+# ------------------------------------------------------------------ the GPU check, on a CPU
+BLOCKER = """
+import importlib.abc, sys
+BLOCKED = {"nbgrader", "jupyter", "jupyter_client", "jupyter_core", "ipykernel", "IPython", "nbformat",
+           "nbclient", "notebook", "gymnasium", "ipywidgets", "pytest"}
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not on the GPU machine")
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def test_gpu_check_runs_on_a_cpu_without_the_course_tooling(tmp_path):
+    (tmp_path / "blocker").mkdir()
+    (tmp_path / "blocker" / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "check"),
+           "PYTHONPATH": str(tmp_path / "blocker")}
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--device", "cpu", "--quiet", "--answers", str(ANSWERS)],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("device", "iteration_seconds", "generated_tokens_per_s", "mfu", "peak_memory_gib",
+                "gold_reward_start", "gold_reward_end"):
+        assert key in line, key
+    assert 0 < line["mfu"] < 1.5 and line["iteration_seconds"] > 0 and line["peak_memory_gib"] > 0
+    assert all(Path(p).is_file() for p in line["plots"])
+    # the blocker does block: the check above can go red
+    probe = subprocess.run([sys.executable, "-c", "import nbformat"], env=env, capture_output=True, text=True)
+    assert probe.returncode != 0 and "not on the GPU machine" in probe.stderr
+
+
+# ------------------------------------------------------------------ oracles for the plumbing's math
+def test_best_of_n_weights_match_enumerating_every_subset():
+    rng = np.random.default_rng(0)
+    for N in (1, 2, 5, 7):
+        proxy = rng.normal(size=N)
+        for n in range(1, N + 1):
+            want = np.zeros(N)
+            subsets = list(itertools.combinations(range(N), n))
+            for s in subsets:
+                want[max(s, key=lambda i: proxy[i])] += 1 / len(subsets)
+            assert np.allclose(cs.best_of_n_weights(proxy, n), want)
+    with pytest.raises(ValueError):
+        cs.best_of_n_weights(np.zeros(3), 4)
+
+
+def test_best_of_n_empirical_kl_tends_to_the_formula_and_ties_lower_it():
+    rng = np.random.default_rng(1)
+    proxy = rng.normal(size=4000)
+    texts = [f"t{i}" for i in range(4000)]
+    for n in (1, 2, 8, 32):
+        exact = math.log(n) - (n - 1) / n
+        assert cs.best_of_n_empirical_kl(texts, proxy, n) == pytest.approx(exact, abs=0.01), n
+        # every outcome drawn twice: a discrete policy with ties has a smaller best-of-n KL
+        assert cs.best_of_n_empirical_kl(texts[:2000] * 2, np.concatenate([proxy[:2000]] * 2), n) <= exact + 1e-9
+
+
+def test_forward_flops_match_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlhf_course.rlhf_ppo import response_logits
+
+    L, E, V, B, ctx, R = 2, 64, 300, 3, 4, 6
+    model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=4, vocab_size=V, n_positions=32))
+    ids = torch.randint(0, V, (B, ctx + R))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        response_logits(model, ids, torch.ones_like(ids), ctx)
+    # the counter charges attention for all T x T scores (no causal saving): context = T here
+    want = cs.forward_flops(L, E, B * (ctx + R), B * (R + 1), V, context=ctx + R)
+    assert counter.get_total_flops() == pytest.approx(want, rel=0.01)
+
+
+def test_answers_are_taken_from_a_notebook_and_refused_clearly(tmp_path):
+    def notebook(*sources):
+        cells = [{"cell_type": "code", "metadata": {"nbgrader": {"solution": True, "grade_id": f"c{i}"}},
+                  "source": src, "outputs": [], "execution_count": None} for i, src in enumerate(sources)]
+        path = tmp_path / f"nb{len(list(tmp_path.iterdir()))}.ipynb"
+        path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+        return path
+
+    good = notebook("def f(x):\n    ### BEGIN SOLUTION\n    return np.sqrt(x)\n    ### END SOLUTION\n", "g = 2")
+    assert load_answers(good, ["f", "g"])["f"](4.0) == 2.0
+    assert [gid for gid, _ in answer_cells(good)] == ["c0", "c1"]
+    stub = notebook("def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()\n")
+    with pytest.raises(MissingAnswers, match="not implemented yet.*f"):
+        load_answers(stub, ["f"])
+    with pytest.raises(MissingAnswers, match="defined by no answer cell: h"):
+        load_answers(good, ["f", "h"])
+    with pytest.raises(MissingAnswers, match="raises ZeroDivisionError"):
+        load_answers(notebook("x = 1 / 0"), ["x"])
+    with pytest.raises(MissingAnswers, match="cannot read"):
+        load_answers(tmp_path / "absent.ipynb", ["f"])
+    assert set(load_answers(ANSWERS, cs.ANSWERS)) == set(cs.ANSWERS)
+
+
+def test_capstone_copies_of_chapter_answers_never_drift():
+    """The capstone's Part 0 holds the chapter 3-4 reference answers verbatim: one source, as d2l keeps it."""
+    source = REPO / "solutions/capstone/capstone.ipynb"
+    pasted = dict(answer_cells(source))["previous_answers"]
+    for chapter, names in (("reward_modeling", {"RewardModel"}),
+                           ("rlhf_ppo", {"kl_estimates", "per_token_rewards", "AdaptiveKLController", "masked_mean",
+                                         "masked_whiten", "response_log_probs"})):
+        cells = dict(answer_cells(REPO / f"solutions/{chapter}/{chapter}.ipynb"))
+        for name in names:
+            assert cells[name].strip() in pasted, f"the capstone's copy of {name} differs from solutions/{chapter}"
+
+
+def test_text_world_annotator_and_demonstrations():
+    prompts = tw.sample_prompts(200, seed=3)
+    a = [c[0] for c in (tw.sample_completions(p, 1, seed=1) for p in prompts)]
+    b = [c[0] for c in (tw.sample_completions(p, 1, seed=2) for p in prompts)]
+    prefs = tw.annotate_pairs(prompts, a, b, seed=0)
+    assert prefs == tw.annotate_pairs(prompts, a, b, seed=0) and prefs != tw.annotate_pairs(prompts, a, b, seed=1)
+    perfect = tw.annotate_pairs(prompts, a, b, temperature=0)
+    assert all(p.gold_chosen >= p.gold_rejected for p in perfect)
+    assert 0.65 < tw.annotator_accuracy(prefs) < 0.95
+    with pytest.raises(ValueError):
+        tw.annotate_pairs(prompts, a, b[:-1])
+    demos = tw.sample_demonstrations(prompts[:50], seed=4, n_candidates=4)
+    for i, (p, d) in enumerate(zip(prompts[:50], demos)):
+        drafts = tw.sample_completions(p, 4, seed=4 * 1_000_003 + i)
+        assert d in drafts and tw.gold_reward(p + " " + d)[0] == tw.gold_reward([p + " " + x for x in drafts]).max()
+
+
+def test_demonstrations_are_encoded_with_the_prompt_masked():
+    from rlhf_course.tiny_lm import load_tiny_lm
+
+    _, tok = load_tiny_lm(progress=False)
+    prompts, completions = ["the soup was", "honestly the waiter seemed"], ["great .", "rude but the wine was fine ."]
+    ids, prompt_mask, attn = cs.encode_demonstrations(tok, prompts, completions)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        assert prompt_mask[i].sum() == len(tok(p)["input_ids"]) and (attn[i] >= prompt_mask[i]).all()
+        response = ids[i][(attn[i] == 1) & (prompt_mask[i] == 0)].tolist()
+        assert response[-1] == tok.eos_token_id and tok.decode(response[:-1]) == " " + c
+    assert (ids[attn == 0] == tok.pad_token_id).all()
+
+
+def test_evaluation_measures_zero_kl_for_the_reference_itself():
+    from rlhf_course.tiny_lm import load_tiny_lm
+
+    answers = load_answers(ANSWERS, ["RewardModel"])
+    lm, tok = load_tiny_lm(progress=False)
+    rm = answers["RewardModel"](lm.transformer).eval()
+    cfg = cs.get_preset("check", device="cpu")
+    ev = cs.evaluate_policy(cfg, lm, lm, rm, tok, prompts=tw.sample_prompts(8, seed=0))
+    assert ev["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert ev["gold"] == pytest.approx(float(tw.gold_reward(ev["texts"]).mean()))
+    assert len(ev["per_sample"]["proxy"]) == 8 and 0 < ev["distinct"] <= 1
