@@ -1013,6 +1013,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         answers = load_answers(args.answers or default_answers(), ANSWERS)
         if ddp:
+            if cfg.device != "cpu":                              # NCCL's collectives use the current device
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
             torch.distributed.init_process_group(backend="nccl" if cfg.device != "cpu" else "gloo")
         summary = run(cfg, args.out, answers, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)
     except (MissingAnswers, RunError) as err:

@@ -169,12 +169,12 @@ def use_fast_kernels(model: nn.Module, sparse_embedding: bool = True) -> nn.Modu
     """
     from transformers.activations import ACT2FN
 
-    config = getattr(model, "config", None)
-    if config is not None and getattr(config, "activation_function", None) == "gelu_new":
-        for module in model.modules():
-            if hasattr(module, "act") and type(module.act).__name__ == "NewGELUActivation":
-                module.act = ACT2FN["gelu_pytorch_tanh"]
-        config.activation_function = "gelu_pytorch_tanh"        # saved with the model: reloads the same
+    swapped = False
+    for module in model.modules():
+        if type(getattr(module, "act", None)).__name__ == "NewGELUActivation":
+            module.act, swapped = ACT2FN["gelu_pytorch_tanh"], True
+    if swapped and getattr(model, "config", None) is not None:
+        model.config.activation_function = "gelu_pytorch_tanh"   # saved with the model: reloads the same
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if isinstance(embed, nn.Embedding):                          # only when tied: Adam needs a dense sum
