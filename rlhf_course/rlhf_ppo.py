@@ -157,7 +157,10 @@ def response_logits(model: nn.Module, query_response: torch.Tensor, attention_ma
 
 
 def use_fast_kernels(model: nn.Module, sparse_embedding: bool = True) -> nn.Module:
-    """The same GPT-2 function with fewer passes over memory; returns the model, changed in place.
+    """The same GPT-2 function with less overhead and fewer passes over memory; returns the model.
+
+    * The trunk's forward runs ``rlhf_course.fast_gpt2.hidden_states``: a dozen tensor operations per
+      block instead of transformers' general machinery (for a tiny model, most of the time).
 
     * GPT-2's "gelu_new" activation is written in transformers as eight elementwise operations, each a
       full pass over the (tokens × 4E) MLP activations, forward and backward; torch's fused tanh-GELU
@@ -169,6 +172,9 @@ def use_fast_kernels(model: nn.Module, sparse_embedding: bool = True) -> nn.Modu
     """
     from transformers.activations import ACT2FN
 
+    from rlhf_course import fast_gpt2
+
+    fast_gpt2.install(model)                                    # GPT-2's forward, written out (see there)
     swapped = False
     for module in model.modules():
         if type(getattr(module, "act", None)).__name__ == "NewGELUActivation":

@@ -43,7 +43,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
 
-from rlhf_course import textworld
+from rlhf_course import fast_gpt2, textworld
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -477,6 +477,7 @@ def generate_responses(model, tokenizer, prompts: list[str] | torch.Tensor, max_
     B, ctx = query.shape
     gen = torch.Generator(device=device).manual_seed(seed)
     trunk, head = model.base_model, model.get_output_embeddings()  # the LM head only where it is needed
+    cache = fast_gpt2.KVCache(trunk, B, ctx + max_new_tokens) if fast_gpt2.supports(trunk) else None
 
     mask = torch.cat([query_mask, torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)], 1)
     positions = position_ids_from_mask(query_mask)
@@ -487,10 +488,13 @@ def generate_responses(model, tokenizer, prompts: list[str] | torch.Tensor, max_
     step_hidden = torch.zeros(B, max_new_tokens, head.in_features, device=device) if return_hidden else None
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
-        out = trunk(input_ids=next_input, attention_mask=mask[:, :ctx + t], position_ids=next_pos,
-                    past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        hidden = out.last_hidden_state[:, -1]                            # (B, H) at position ctx - 1 + t
+        if cache is not None:                                            # GPT-2: a cache written in place
+            hidden = fast_gpt2.hidden_states(trunk, next_input, mask[:, :ctx + t], next_pos, cache)[:, -1]
+        else:
+            out = trunk(input_ids=next_input, attention_mask=mask[:, :ctx + t], position_ids=next_pos,
+                        past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            hidden = out.last_hidden_state[:, -1]                        # (B, H) at position ctx - 1 + t
         logits = head(hidden).float()                                    # (B, V)
         if return_logits:
             step_logits[:, t] = logits

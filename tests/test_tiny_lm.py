@@ -283,3 +283,43 @@ def test_gpt2_branch_adds_a_distinct_pad_and_turns_dropout_off(tmp_path, monkeyp
     assert not model.training and all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
     out = generate_responses(model, tok, ["the soup was", "overall the pasta seemed"], max_new_tokens=4)
     assert out["query_response"].shape[1] == out["context_length"] + 4
+
+
+# ------------------------------------------------------------------ fast_gpt2: the same function, less overhead
+def test_fast_gpt2_matches_transformers_on_left_padded_batches():
+    """Outputs and gradients of the written-out forward equal transformers'; the key/value cache
+    gives the full pass's hidden states; what it does not cover falls through to transformers."""
+    import copy
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlhf_course import fast_gpt2
+
+    torch.manual_seed(0)
+    fast = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=48, n_head=4, vocab_size=97, n_positions=32,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    slow = copy.deepcopy(fast)
+    assert fast_gpt2.install(fast) and "_transformers_forward" in vars(fast.transformer)
+    ids = torch.randint(0, 97, (4, 11))
+    mask = torch.ones(4, 11, dtype=torch.long)
+    mask[1, :3], mask[2, :5] = 0, 0                                        # left padding
+    pos = position_ids_from_mask(mask)
+    real = mask.bool()
+    out_fast = fast(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    out_slow = slow(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    assert torch.isfinite(out_fast).all(), "a padded query row must not produce NaN"
+    assert torch.allclose(out_fast[real], out_slow[real], atol=1e-5)
+    out_fast[real].log_softmax(-1)[:, 7].sum().backward()
+    out_slow[real].log_softmax(-1)[:, 7].sum().backward()
+    for (name, p), q in zip(fast.named_parameters(), slow.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5), name
+    with torch.no_grad():
+        full = slow.transformer(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+        cache = fast_gpt2.KVCache(fast.transformer, 4, 11)
+        steps = [fast_gpt2.hidden_states(fast.transformer, ids[:, :6], mask[:, :6], pos[:, :6], cache)]
+        for t in range(6, 11):
+            steps.append(fast_gpt2.hidden_states(fast.transformer, ids[:, t:t + 1], mask[:, :t + 1], pos[:, t:t + 1], cache))
+        assert torch.allclose(torch.cat(steps, 1)[real], full[real], atol=1e-5)
+        # output_hidden_states is not covered: transformers answers, with every layer's states
+        assert len(fast(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states) == 4
+    assert not fast_gpt2.install(torch.nn.Linear(2, 2)), "only GPT-2 trunks are rewritten"

@@ -1,0 +1,126 @@
+"""GPT-2's forward pass written out, nanoGPT-style, on a transformers GPT-2's own weights.
+
+transformers' ``GPT2Model.forward`` is general: output recorders, cache classes, a 4-D mask builder,
+cross-attention and gradient-checkpointing branches. For the models this course trains (a few million
+parameters on a CPU) that generality costs more than the arithmetic: a forward pass of the tiny GPT-2
+is mostly Python. ``hidden_states`` below is the same function (embeddings, pre-LayerNorm blocks of
+causal self-attention and an MLP, a final LayerNorm), written as the dozen tensor operations per
+block it is, with a key/value cache of fixed size for sampling (``KVCache``: written in place, never
+re-allocated). ``install`` puts it behind a model's own ``forward``, so every caller, a learner's
+reward model included, gets it; anything it does not cover (inputs_embeds, an external cache,
+attention outputs, every layer's hidden states) falls through to transformers. tests/test_tiny_lm.py
+checks outputs and gradients against transformers on left-padded batches.
+"""
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
+
+
+def supports(trunk) -> bool:
+    """True for a transformers GPT2Model (or the trunk of a GPT2LMHeadModel) with the plain GPT-2 design."""
+    config = getattr(trunk, "config", None)
+    return (type(trunk).__name__ == "GPT2Model" and not config.add_cross_attention
+            and not config.reorder_and_upcast_attn and not getattr(trunk, "gradient_checkpointing", False))
+
+
+class KVCache:
+    """Keys and values of every layer for up to ``max_length`` positions, filled left to right.
+
+    ``length`` positions are written; the next ``hidden_states`` call writes its T positions after
+    them and attends to all length + T.
+    """
+
+    def __init__(self, trunk, batch_size: int, max_length: int):
+        self.max_length, self.length = max_length, 0
+        self.shape = (batch_size, trunk.config.n_head, max_length, trunk.config.n_embd // trunk.config.n_head)
+        self.keys: list = [None] * trunk.config.n_layer
+        self.values: list = [None] * trunk.config.n_layer
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store (B, H, T, D) keys and values at [length, length + T); return all keys and values so far."""
+        if self.keys[layer] is None:                                # allocated once, in the dtype autocast gives
+            self.keys[layer] = k.new_zeros(self.shape)
+            self.values[layer] = v.new_zeros(self.shape)
+        end = self.length + k.shape[2]
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+def _mask(attention_mask: torch.Tensor, T: int, offset: int) -> torch.Tensor:
+    """(B, S) 0/1 key mask -> (B, 1, T, S) bool: query i (at position offset + i) sees real keys j ≤ it.
+
+    A query always sees itself, so a padded query row is never empty (its softmax would be NaN; its
+    output is never used).
+    """
+    S = attention_mask.shape[1]
+    key = torch.arange(S, device=attention_mask.device)
+    query = torch.arange(offset, offset + T, device=attention_mask.device)[:, None]
+    return ((key <= query) & attention_mask[:, None, None, :].bool()) | (key == query)
+
+
+def hidden_states(trunk, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                  position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+    """The last hidden state (B, T, E) of a GPT2Model on input_ids (B, T), after the final LayerNorm.
+
+    attention_mask (B, S) covers the cache's positions and these T (S = cache length + T; 1 = real);
+    position_ids default to cache length + 0 … T − 1, as in transformers.
+    """
+    B, T = input_ids.shape
+    offset = cache.length if cache is not None else 0
+    config = trunk.config
+    H, E = config.n_head, config.n_embd
+    D = E // H
+    if position_ids is None:
+        position_ids = torch.arange(offset, offset + T, device=input_ids.device)[None]
+    x = F.embedding(input_ids, trunk.wte.weight, sparse=trunk.wte.sparse) + trunk.wpe(position_ids)  # (B, T, E)
+    if attention_mask is None or (offset == 0 and bool(attention_mask.all())):
+        mask, causal = None, offset == 0                        # no padding: the fused causal kernel
+    else:
+        mask, causal = _mask(attention_mask, T, offset), False
+    for layer, block in enumerate(trunk.h):
+        attn = block.attn
+        q, k, v = attn.c_attn(block.ln_1(x)).split(E, dim=2)                                 # (B, T, E) each
+        q, k, v = (z.view(B, T, H, D).transpose(1, 2) for z in (q, k, v))                 # (B, H, T, D)
+        if cache is not None:
+            k, v = cache.write(layer, k, v)                                                # (B, H, S, D)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                           scale=attn.scaling)                              # (B, H, T, D)
+        x = x + attn.c_proj(y.transpose(1, 2).reshape(B, T, E))
+        mlp = block.mlp
+        x = x + mlp.c_proj(mlp.act(mlp.c_fc(block.ln_2(x))))
+    if cache is not None:
+        cache.length += T
+    return trunk.ln_f(x)
+
+
+def _forward(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,
+             position_ids=None, inputs_embeds=None, use_cache=None, **kwargs):
+    """GPT2Model.forward through ``hidden_states``; what it does not cover goes to transformers."""
+    unsupported = (input_ids is None or inputs_embeds is not None or token_type_ids is not None
+                   or (past_key_values is not None and not isinstance(past_key_values, KVCache)) or use_cache
+                   or any(kwargs.get(k) for k in ("output_attentions", "output_hidden_states", "head_mask",
+                                                  "encoder_hidden_states", "cache_position"))
+                   or self.training and self.config.embd_pdrop + self.config.resid_pdrop + self.config.attn_pdrop > 0)
+    if unsupported:
+        return self._transformers_forward(input_ids=input_ids, past_key_values=past_key_values,
+                                          attention_mask=attention_mask, token_type_ids=token_type_ids,
+                                          position_ids=position_ids, inputs_embeds=inputs_embeds,
+                                          use_cache=use_cache, **kwargs)
+    hidden = hidden_states(self, input_ids, attention_mask, position_ids, past_key_values)
+    return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden, past_key_values=past_key_values)
+
+
+def install(model) -> bool:
+    """Route a GPT-2's trunk forward through ``hidden_states`` (idempotent); False if it is no GPT-2."""
+    trunk = getattr(model, "base_model", model)
+    if not supports(trunk):
+        return False
+    if "_transformers_forward" not in vars(trunk):
+        trunk._transformers_forward = trunk.forward               # the original, bound: the fallback
+        trunk.forward = types.MethodType(_forward, trunk)
+    return True
