@@ -55,17 +55,20 @@ def load_answers(notebook, names: list[str]) -> dict:
     path = Path(notebook)
     namespace: dict = {"__name__": f"answers_of_{path.stem}"}
     exec(PRELUDE, namespace)
-    unsolved, defined_by = set(), {}
+    unsolved, stub_cells = set(), []
     for grade_id, source in answer_cells(path):
         before = set(namespace)
         try:
             exec(compile(source, f"{path.name}:{grade_id}", "exec"), namespace)
+        except NotImplementedError:
+            if _UNSOLVED not in source:
+                raise MissingAnswers(f"{path}: answer cell {grade_id!r} raises NotImplementedError") from None
+            stub_cells.append(grade_id)          # a released stub that raises at top level defines nothing
+            continue
         except Exception as err:
             raise MissingAnswers(f"{path}: answer cell {grade_id!r} raises {type(err).__name__}: {err}") from err
-        for name in set(namespace) - before | {grade_id}:
-            defined_by[name] = grade_id
-            if _UNSOLVED in source:
-                unsolved.add(name)
+        if _UNSOLVED in source:
+            unsolved |= set(namespace) - before | {grade_id}
     missing = [n for n in names if n not in namespace]
     stubs = [n for n in names if n in unsolved]
     if missing or stubs:
@@ -74,5 +77,7 @@ def load_answers(notebook, names: list[str]) -> dict:
             what.append("not implemented yet (still `raise NotImplementedError()`): " + ", ".join(stubs))
         if missing:
             what.append("defined by no answer cell: " + ", ".join(missing))
+        if stub_cells:
+            what.append("answer cells still the released stub: " + ", ".join(stub_cells))
         raise MissingAnswers(f"{path}: " + "; ".join(what))
     return {n: namespace[n] for n in names}
