@@ -6,6 +6,7 @@
 Used by tests/test_capstone.py: the update must not depend on how the batch is split (processes,
 gradient-accumulation steps) beyond float rounding.
 """
+import os
 import sys
 from datetime import timedelta
 
@@ -43,9 +44,8 @@ def fixed_rollout(B=8, ctx=3, R=5, V=32):
             "returns": rand()}
 
 
-def main(out, accumulate=1):
-    if "RANK" in __import__("os").environ:
-        dist.init_process_group("gloo", timeout=timedelta(seconds=120))   # fail, never hang
+def update_once(accumulate: int) -> dict:
+    """Build the model, run one PPO update on this process's share of the fixed rollout, return results."""
     rank, world = distributed()
     torch.manual_seed(0)
     lm = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0.0,
@@ -59,10 +59,20 @@ def main(out, accumulate=1):
     mine = {k: (v[rank * share:(rank + 1) * share] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
     stats = ppo_update(state, cfg, mine, response_log_probs=ref_response_log_probs, masked_mean=ref_masked_mean,
                        rng=np.random.default_rng(0))
-    if rank == 0:
-        torch.save({"policy": state.policy.state_dict(), "value_head": state.value_head.state_dict(),
-                    "stats": stats, "world": world}, out)
-    if world > 1:
+    return {"policy": state.policy.state_dict(), "value_head": state.value_head.state_dict(), "stats": stats,
+            "world": world}
+
+
+def main(out, accumulate=1):
+    import faulthandler
+
+    faulthandler.dump_traceback_later(200, exit=True)   # a hang prints where it is and fails, never blocks
+    if "RANK" in os.environ:
+        dist.init_process_group("gloo", timeout=timedelta(seconds=120))   # fail, never hang
+    result = update_once(accumulate)        # returns after DDP is gone: its reducer must not outlive the group
+    if distributed()[0] == 0:
+        torch.save(result, out)
+    if distributed()[1] > 1:
         dist.destroy_process_group()
 
 
