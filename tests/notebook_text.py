@@ -1,4 +1,5 @@
 """Read the parts of nbgrader notebooks that tests look for: hidden tests and solution bodies."""
+import functools
 import html
 import io
 import re
@@ -77,9 +78,18 @@ def secret_lines(notebook: Path, min_len: int = 16, solutions: bool = True) -> l
             out += [ln.strip() for ln in _regions(cell.source, begin, end)]
     candidates = {ln for ln in out if len(ln) >= min_len and not ln.startswith("#") and not TRIVIAL.match(ln)}
     # A line the notebook also shows outside every hidden/solution region (a hint in the instructions,
-    # a visible test's message) is released on purpose: not a secret.
-    public = set(leaked(sorted(candidates), _public_text(nb), markers=False))
+    # a visible test's message) is released on purpose: not a secret. Nor is a line another exercise
+    # releases (the capstone's Part 0 holds chapter 4's answer cells whole, docstrings included, and
+    # those docstrings are public in chapter 4's exercise).
+    public = set(leaked(sorted(candidates), _public_text(nb) + "\n" + _course_public_text(), markers=False))
     return sorted(candidates - public)
+
+
+@functools.lru_cache(maxsize=1)
+def _course_public_text() -> str:
+    """What nbgrader releases of every source notebook in solutions/ (see `_public_text`)."""
+    solutions = Path(__file__).resolve().parents[1] / "solutions"
+    return "\n".join(_public_text(nbformat.read(p, as_version=4)) for p in sorted(solutions.glob("*/*.ipynb")))
 
 
 def _public_text(nb) -> str:
