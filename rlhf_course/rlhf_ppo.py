@@ -153,7 +153,11 @@ def response_logits(model: nn.Module, query_response: torch.Tensor, attention_ma
     hidden = model.base_model(input_ids=query_response, attention_mask=attention_mask,
                               position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
     hidden = hidden[:, context_length - 1:]                                    # (B, R + 1, H)
-    return model.get_output_embeddings()(hidden), hidden
+    B, L, H = hidden.shape
+    # One contiguous (B·(R+1), H) matrix into the head: on a strided 3-D slice torch runs a batched
+    # matmul at a third of the speed (GPT-2's head is a 50,257 × 768 matrix).
+    logits = model.get_output_embeddings()(hidden.reshape(B * L, H)).view(B, L, -1)
+    return logits, hidden
 
 
 def use_fast_kernels(model: nn.Module, sparse_embedding: bool = True) -> nn.Module:

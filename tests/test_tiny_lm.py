@@ -323,3 +323,25 @@ def test_fast_gpt2_matches_transformers_on_left_padded_batches():
         # output_hidden_states is not covered: transformers answers, with every layer's states
         assert len(fast(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states) == 4
     assert not fast_gpt2.install(torch.nn.Linear(2, 2)), "only GPT-2 trunks are rewritten"
+
+
+def test_sampling_draws_from_the_tempered_softmax():
+    """sample_from_logits: token frequencies match softmax(logits / T) (a chi-square test at a 1e-4 false-alarm
+    rate), a −inf logit is never drawn, and it is deterministic given the generator."""
+    from rlhf_course.tiny_lm import sample_from_logits
+
+    logits = torch.tensor([1.0, 0.0, -1.0, 2.0, -float("inf"), 0.5])
+    p = torch.softmax(logits / 0.7, -1)
+    n = 60_000
+    draws = sample_from_logits(logits.expand(n, -1).clone(), 0.7, torch.Generator().manual_seed(0))
+    counts = torch.bincount(draws, minlength=6).double()
+    assert counts[4] == 0, "a token of probability 0 was drawn"
+    keep = p > 0
+    chi2 = float((((counts - n * p) ** 2) / (n * p))[keep].sum())
+    assert chi2 < 25.7, f"chi-square {chi2:.1f} with 4 degrees of freedom: not softmax(logits / T)"  # p ≈ 4e-5
+    again = sample_from_logits(logits.expand(n, -1).clone(), 0.7, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)
+    # a wrong temperature (T = 1 instead of 0.7) is caught by the same test: it can go red
+    wrong = torch.bincount(sample_from_logits(logits.expand(n, -1).clone(), 1.0, torch.Generator().manual_seed(0)),
+                           minlength=6).double()
+    assert float((((wrong - n * p) ** 2) / (n * p))[keep].sum()) > 25.7
