@@ -11,6 +11,7 @@ help:
 	@echo "make test      run the whole test suite (installs everything it needs)"
 	@echo "make release   regenerate exercises/ from solutions/"
 	@echo "make validate  solutions pass every test, released stubs fail every test"
+	@echo "make bench-trl TRL 1.12's PPOTrainer vs ours, same work (builds .venv-trl once; ≈ 20 min)"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +46,24 @@ browser:
 
 test: $(STAMP) browser models
 	$(PY) -m pytest
+
+# TRL 1.12 (the last TRL with PPO) in its own venv, so its pins never touch the course's. The CPU torch wheel
+# goes in first: an unpinned torch pulled in by trl would be the multi-GB CUDA build.
+# Quick run: make bench-trl BENCH_ARGS="--shapes tiny --iters 3 --warmup 1"
+TRL_VENV  := .venv-trl
+TRL_STAMP := $(TRL_VENV)/.installed
+BENCH_ARGS ?=
+
+$(TRL_STAMP):
+	@test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/pip install --quiet torch==2.13.0
+	$(TRL_VENV)/bin/pip install --quiet trl==1.12.0
+	$(TRL_VENV)/bin/pip check
+	@touch $(TRL_STAMP)
+
+.PHONY: bench-trl
+bench-trl: $(STAMP) $(TRL_STAMP)
+	HF_HUB_OFFLINE=1 TRL_EXPERIMENTAL_SILENCE=1 $(PY) scripts/bench_trl.py $(BENCH_ARGS)
 
 clean:
 	rm -rf _build test-artifacts autograder/course

@@ -506,6 +506,15 @@ def forward_flops(n_layer: int, n_embd: int, tokens: int, head_tokens: int, voca
                   + tokens * 2 * n_layer * context * n_embd)
 
 
+def generation_flops(n_layer: int, n_embd: int, vocab: int, batch: int, prompt_len: int, response_len: int) -> float:
+    """Model FLOPs of sampling ``response_len`` tokens with a KV cache: a prefill of the B·P prompt tokens
+    (token i attends i + 1 positions; the LM head at the last position only, as transformers' generate does
+    with ``logits_to_keep=1``), then R − 1 decode steps of B tokens (step k attends P + k positions)."""
+    P, R, B = prompt_len, response_len, batch
+    prefill = forward_flops(n_layer, n_embd, B * P, B, vocab, (P + 1) / 2)
+    return prefill + forward_flops(n_layer, n_embd, B * (R - 1), B * (R - 1), vocab, P + R / 2)
+
+
 def iteration_flops(n_layer: int, n_embd: int, vocab: int, batch: int, prompt_len: int, response_len: int,
                     ppo_epochs: int, rollout_logprobs: str = "sampling") -> float:
     """Model FLOPs of one PPO-RLHF iteration of ``ppo_rlhf_iteration``, with policy, reference and
@@ -517,8 +526,7 @@ def iteration_flops(n_layer: int, n_embd: int, vocab: int, batch: int, prompt_le
     policy forward; then per PPO epoch one forward and backward (2×) of the policy.
     """
     P, R, B, T = prompt_len, response_len, batch, prompt_len + response_len
-    gen = forward_flops(n_layer, n_embd, B * P, B, vocab, (P + 1) / 2) \
-        + forward_flops(n_layer, n_embd, B * (R - 1), B * (R - 1), vocab, P + R / 2)
+    gen = generation_flops(n_layer, n_embd, vocab, batch, prompt_len, response_len)
     seq = forward_flops(n_layer, n_embd, B * T, B * (R + 1), vocab, (T + 1) / 2)
     rm = forward_flops(n_layer, n_embd, B * T, 0, vocab, (T + 1) / 2)
     extra = seq if rollout_logprobs == "forward" else 0.0
@@ -538,20 +546,29 @@ def gpu_peak_flops(device_name: str) -> float | None:
     return None
 
 
-def measure_matmul_flops(device: torch.device, dtype=torch.float32, shape=(336, 768, 3072), reps: int = 20) -> float:
-    """Achieved FLOP/s of one (M × K) @ (K × N) product on this device: the median of ``reps``."""
+def measure_matmul_flops(device: torch.device, dtype=torch.float32, shape=(336, 768, 3072), reps: int = 20,
+                         warmup_s: float = 0.5) -> float:
+    """Achieved FLOP/s of one (M × K) @ (K × N) product on this device: the median of ``reps``.
+
+    Products run untimed for ``warmup_s`` first: a cold thread pool or a clocked-down core measured
+    half the peak here (90 vs 181 GFLOP/s on 2 threads) when timed from the first call.
+    """
     M, K, N = shape
     a, b = torch.randn(M, K, device=device, dtype=dtype), torch.randn(K, N, device=device, dtype=dtype)
-    times = []
-    for i in range(reps + 3):
+
+    def timed_product() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         a @ b
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+    t_end = time.perf_counter() + warmup_s
+    while time.perf_counter() < t_end:
+        timed_product()
+    times = [timed_product() for _ in range(reps)]
     return 2.0 * M * K * N / float(np.median(times))
 
 

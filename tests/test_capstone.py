@@ -225,6 +225,28 @@ def test_forward_flops_match_torch_flop_counter():
     assert counter.get_total_flops() == pytest.approx(want, rel=0.01)
 
 
+def test_generation_flops_match_torch_flop_counter_on_the_sampler():
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlhf_course.tiny_lm import generate_responses
+
+    class Tokenizer:  # generate_responses needs ids and a decode, nothing else
+        eos_token_id, pad_token_id = 298, 299
+
+        def decode(self, ids, skip_special_tokens=True):
+            return ""
+
+    L, E, V, B, P, R = 2, 64, 300, 3, 4, 6
+    model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=4, vocab_size=V, n_positions=32))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        generate_responses(model, Tokenizer(), torch.randint(0, 200, (B, P)), max_new_tokens=R, stop_at_eos=False)
+    # the counter does not see scaled_dot_product_attention: take out the attention term, summed step by step
+    # (prefill token i attends i positions, decode step k attends P + k) rather than by the formula's means
+    attention = 2 * 2 * L * E * B * (sum(range(1, P + 1)) + sum(P + k for k in range(1, R)))
+    assert counter.get_total_flops() == pytest.approx(cs.generation_flops(L, E, V, B, P, R) - attention, rel=1e-9)
+
+
 def test_answers_are_taken_from_a_notebook_and_refused_clearly(tmp_path):
     def notebook(*sources):
         cells = [{"cell_type": "code", "metadata": {"nbgrader": {"solution": True, "grade_id": f"c{i}"}},
