@@ -6,9 +6,12 @@
 """
 import argparse
 import logging
+import multiprocessing
+import os
 import shutil
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from autograder.course import EXERCISES, REPO, SOLUTIONS, ConfigNotLoaded, assignments, load_config, notebooks
@@ -47,33 +50,51 @@ def release(only: list[str] | None = None, solutions: Path = SOLUTIONS, exercise
     return 0
 
 
-def validate(only: list[str] | None = None, solutions: Path = SOLUTIONS, exercises: Path = EXERCISES) -> int:
-    """Every solution passes all its test cells; every released stub fails every test cell.
-
-    nbgrader's own `validate` command exits 0 either way, so we read the Validator's results.
-    """
+def _validate_one(path: str, invert: bool) -> dict:
+    """nbgrader's Validator on one notebook (a worker process's job): its result dict."""
     from nbgrader.validator import Validator
 
-    config = load_config()
-    problems = []
+    validator = Validator(config=load_config(), invert=invert, ignore_checksums=not invert)
+    return validator.validate(path)
+
+
+def _quiet_worker() -> None:
+    # One torch thread per kernel: two kernels with two spinning threads each on two cores run slower.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def validate(only: list[str] | None = None, solutions: Path = SOLUTIONS, exercises: Path = EXERCISES,
+             jobs: int | None = None) -> int:
+    """Every solution passes all its test cells; every released stub fails every test cell.
+
+    nbgrader's own `validate` command exits 0 either way, so we read the Validator's results. The
+    notebooks run in ``jobs`` worker processes (default: one per core, at most 2), largest first.
+    """
+    problems, todo = [], []
     for name in only or assignments(solutions):
         for nb in notebooks(name, solutions):
             for folder, invert in ((solutions, False), (exercises, True)):
                 path = folder / name / f"{nb}.ipynb"
                 if not path.exists():
                     problems.append(f"{path}: missing (run `python -m autograder release`)")
-                    continue
-                validator = Validator(config=config, invert=invert, ignore_checksums=not invert)
-                result = validator.validate(str(path))
-                rel = path.relative_to(folder.parent) if folder.parent == REPO else path
-                bad = result.get("passed" if invert else "failed", []) + result.get("changed", [])
-                if bad or "type_changed" in result:
-                    what = "test cells PASS on the unsolved stub" if invert else "test cells FAIL on the solution"
-                    details = "\n".join("    " + (c.get("raw_error") or c["source"]).strip().splitlines()[-1]
-                                        for c in bad)
-                    problems.append(f"{rel}: {len(bad)} {what}\n{details}")
                 else:
-                    print(f"ok  {rel}: " + ("every test cell fails on the stub" if invert else "every test cell passes"))
+                    todo.append((folder, path, invert))
+    jobs = jobs or min(2, os.cpu_count() or 1)
+    order = sorted(todo, key=lambda job: -job[1].stat().st_size)     # the longest notebooks start first
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_quiet_worker) as pool:
+        futures = {job[1]: pool.submit(_validate_one, str(job[1]), job[2]) for job in order}
+        for folder, path, invert in todo:                               # report in the course's order
+            result = futures[path].result()
+            rel = path.relative_to(folder.parent) if folder.parent == REPO else path
+            bad = result.get("passed" if invert else "failed", []) + result.get("changed", [])
+            if bad or "type_changed" in result:
+                what = "test cells PASS on the unsolved stub" if invert else "test cells FAIL on the solution"
+                details = "\n".join("    " + (c.get("raw_error") or c["source"]).strip().splitlines()[-1]
+                                    for c in bad)
+                problems.append(f"{rel}: {len(bad)} {what}\n{details}")
+            else:
+                print(f"ok  {rel}: " + ("every test cell fails on the stub" if invert else "every test cell passes"))
     for problem in problems:
         print(f"FAIL {problem}", file=sys.stderr)
     return 1 if problems else 0
@@ -87,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("assignments", nargs="*", help="assignment names (default: all)")
     p = sub.add_parser("validate", help="solutions pass all tests, released stubs fail all tests")
     p.add_argument("assignments", nargs="*", help="assignment names (default: all)")
+    p.add_argument("--jobs", type=int, default=None, help="notebooks run at once (default: min(2, cores))")
     p = sub.add_parser("grade", help="autograde a folder of submissions with nbgrader")
     p.add_argument("submissions", type=Path, help="folder holding <student_id>/<assignment>/<notebook>.ipynb")
     p.add_argument("--out", type=Path, default=Path("grades.csv"), help="CSV of grades (default: grades.csv)")
@@ -106,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "release":
             return release(args.assignments)
         if args.command == "validate":
-            return validate(args.assignments)
+            if args.jobs is not None and args.jobs < 1:
+                print(f"error: --jobs must be at least 1, not {args.jobs}", file=sys.stderr)
+                return 2
+            return validate(args.assignments, jobs=args.jobs)
         from autograder.grading import GradingError, grade
 
         try:

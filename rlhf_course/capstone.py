@@ -515,22 +515,29 @@ def generation_flops(n_layer: int, n_embd: int, vocab: int, batch: int, prompt_l
     return prefill + forward_flops(n_layer, n_embd, B * (R - 1), B * (R - 1), vocab, P + R / 2)
 
 
-def iteration_flops(n_layer: int, n_embd: int, vocab: int, batch: int, prompt_len: int, response_len: int,
-                    ppo_epochs: int, rollout_logprobs: str = "sampling") -> float:
-    """Model FLOPs of one PPO-RLHF iteration of ``ppo_rlhf_iteration``, with policy, reference and
-    reward model of one shape (the value head on the policy's trunk costs nothing worth counting).
+def iteration_flops_by_phase(n_layer: int, n_embd: int, vocab: int, batch: int, prompt_len: int,
+                             response_len: int, ppo_epochs: int, rollout_logprobs: str = "sampling") -> dict:
+    """Model FLOPs of one PPO-RLHF iteration of ``ppo_rlhf_iteration``, by the phases it times
+    (its ``time/*`` metrics), with policy, reference and reward model of one shape (the value head
+    on the policy's trunk costs nothing worth counting).
 
-    Generation: a prefill of the B·P prompt tokens (head at the last position only), then R − 1 decode
-    steps of B tokens (head at each); the reference forward on B·(P + R) tokens (head at R + 1 positions
-    per row); the reward model's trunk on B·(P + R) tokens; with rollout_logprobs="forward", one more
-    policy forward; then per PPO epoch one forward and backward (2×) of the policy.
+    generation: a prefill of the B·P prompt tokens (head at the last position only), then R − 1
+    decode steps of B tokens (head at each); scores_and_logprobs: the reference forward on B·(P + R)
+    tokens (head at R + 1 positions per row) and the reward model's trunk on B·(P + R) tokens, plus
+    one more policy forward with rollout_logprobs="forward"; advantages: none (NumPy on (B, R));
+    ppo_update: per PPO epoch one forward and backward (2×) of the policy.
     """
     P, R, B, T = prompt_len, response_len, batch, prompt_len + response_len
-    gen = generation_flops(n_layer, n_embd, vocab, batch, prompt_len, response_len)
     seq = forward_flops(n_layer, n_embd, B * T, B * (R + 1), vocab, (T + 1) / 2)
     rm = forward_flops(n_layer, n_embd, B * T, 0, vocab, (T + 1) / 2)
     extra = seq if rollout_logprobs == "forward" else 0.0
-    return gen + seq + rm + extra + ppo_epochs * 3 * seq
+    return {"generation": generation_flops(n_layer, n_embd, vocab, batch, prompt_len, response_len),
+            "scores_and_logprobs": seq + rm + extra, "advantages": 0.0, "ppo_update": ppo_epochs * 3 * seq}
+
+
+def iteration_flops(*args, **kwargs) -> float:
+    """Model FLOPs of one PPO-RLHF iteration: the sum of ``iteration_flops_by_phase`` (same arguments)."""
+    return sum(iteration_flops_by_phase(*args, **kwargs).values())
 
 
 GPU_BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
@@ -891,19 +898,26 @@ def bench(args) -> dict:
                             description="random-init GPT-2")
     gen = torch.Generator().manual_seed(1)
     fns = {k: answers[k] for k in PPO_FUNCTIONS}
-    times = []
+    times, phase_times = [], {}
     for i in range(args.warmup + args.iters):
         prompts = torch.randint(0, args.vocab - 2, (args.batch_size, args.prompt_length), generator=gen)
         t0 = time.perf_counter()
-        ppo_rlhf_iteration(state, cfg, **fns, reward_model=rm, prompts=prompts)
+        metrics = ppo_rlhf_iteration(state, cfg, **fns, reward_model=rm, prompts=prompts)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
+            for key in (k for k in metrics if k.startswith("time/")):
+                phase_times.setdefault(key[len("time/"):], []).append(metrics[key])
     s = float(np.median(times))
-    flops = iteration_flops(args.n_layer, args.n_embd, args.vocab, args.batch_size, args.prompt_length,
-                            args.response_length, args.ppo_epochs, args.rollout_logprobs)
+    by_phase = iteration_flops_by_phase(args.n_layer, args.n_embd, args.vocab, args.batch_size,
+                                        args.prompt_length, args.response_length, args.ppo_epochs,
+                                        args.rollout_logprobs)
+    flops = sum(by_phase.values())
+    phases = {name: {"s_median": float(np.median(ts)), "flops": by_phase.get(name, 0.0),
+                     "gflops_per_s": by_phase.get(name, 0.0) / float(np.median(ts)) / 1e9}
+              for name, ts in phase_times.items()}
     return {"trainer": "rlhf_course", "s_per_iter_median": s, "s_per_iter_all": times,
             "tokens_per_s": args.batch_size * args.response_length / s, "flops_per_iter": flops,
-            "achieved_gflops": flops / s / 1e9, "threads": args.threads,
+            "achieved_gflops": flops / s / 1e9, "threads": args.threads, "phases": phases,
             "shape": {k: getattr(args, k) for k in ("n_layer", "n_embd", "n_head", "vocab", "batch_size",
                                                    "prompt_length", "response_length", "ppo_epochs", "minibatches")}}
 

@@ -417,6 +417,7 @@ def ppo_rlhf_iteration(
         gen = generate_responses(policy, state.tokenizer, prompts, max_new_tokens=cfg.response_length,
                                  temperature=T, seed=seed + 7_919 * rank, stop_at_eos=cfg.stop_at_eos,
                                  return_logits=from_sampling, return_hidden=from_sampling)
+    t_generated = time.perf_counter()   # generate_responses ends by copying tokens to the host: synchronised
     query_response = gen["query_response"]                      # (B, ctx + R) left-padded queries, responses
     attention_mask = gen["attention_mask"]                      # (B, ctx + R)
     ctx = gen["context_length"]
@@ -449,6 +450,7 @@ def ppo_rlhf_iteration(
     logprobs_np = logprobs.double().cpu().numpy() * mask_np    # padding: 0, never used
     ref_logprobs_np = ref_logprobs.double().cpu().numpy() * mask_np
     values_np = values.double().cpu().numpy() * mask_np        # V = 0 after the episode ends
+    t_scored = time.perf_counter()
 
     # 4. Per-token rewards: −β·(log π − log π_ref) on every real token, the score at the last one. Under
     #    torchrun every process gathers the whole batch here, so whitening and the logged statistics
@@ -471,8 +473,12 @@ def ppo_rlhf_iteration(
     batch = {"query_response": query_response, "attention_mask": attention_mask, "context_length": ctx,
              "mask": mask, "logprobs": as_t(all_logprobs), "values": as_t(all_values),
              "advantages": as_t(advantages), "returns": as_t(returns)}
+    t_advantages = time.perf_counter()
     stats = ppo_update(state, cfg, batch, response_log_probs=response_log_probs, masked_mean=masked_mean,
                        rng=rng)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the last optimizer step may still be queued
+    t_updated = time.perf_counter()
 
     # 7. Metrics (TRL's names, over the whole batch) and the KL controller's update.
     k1, _, k3 = kl_estimates(all_logprobs, all_ref_logprobs)
@@ -493,6 +499,11 @@ def ppo_rlhf_iteration(
         "lr": state.optimizer.param_groups[0]["lr"],
         "episode": (state.iteration + 1) * len(all_scores),
         "seconds": time.perf_counter() - start,
+        # where the iteration's time went (each phase ends at a host copy or a sync: right on a GPU too)
+        "time/generation": t_generated - start,
+        "time/scores_and_logprobs": t_scored - t_generated,
+        "time/advantages": t_advantages - t_scored,
+        "time/ppo_update": t_updated - t_advantages,
     }
     state.kl_ctl.update(mean_kl, len(all_scores))
     state.iteration += 1

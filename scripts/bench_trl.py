@@ -55,6 +55,8 @@ def parse_args(argv=None):
                    help="command for our side; the shape/work flags are appended; last stdout line is JSON")
     p.add_argument("--skip", default="", help="comma-separated trainers not to run: trl, trl-nogc, ours")
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per subprocess")
+    p.add_argument("--save", type=Path, help="also write the JSON line's object to this file (the book reads "
+                   "book/capstone/data/bench_trl.json)")
     # worker mode (internal): run one TRL measurement in this process and print one JSON line
     p.add_argument("--worker", choices=["trl"], help=argparse.SUPPRESS)
     p.add_argument("--no-gc", action="store_true", help=argparse.SUPPRESS)
@@ -362,11 +364,16 @@ def main(a):
         elif "tokens_per_s_reported" in e and abs(e["tokens_per_s_reported"] / e["tokens_per_s"] - 1) > 0.01:
             print(f"note: {e['shape']} ours reports tokens_per_s={e['tokens_per_s_reported']:.0f} "
                   f"(another definition than the table's B·R/s)")
-    print(json.dumps(dict(bench="trl-vs-ours", matmul_gflops=peak, matmul_gflops_before=peak_before,
-                          matmul_gflops_after=peak_after, threads=a.threads, batch_size=B, prompt_length=P,
-                          response_length=R, ppo_epochs=a.ppo_epochs, iters=a.iters, warmup=a.warmup,
-                          temperature=a.temperature, torch=torch.__version__, trl_venv=trl_versions,
-                          command=shlex.join([sys.executable, *sys.argv]), results=results)))
+    record = dict(bench="trl-vs-ours", matmul_gflops=peak, matmul_gflops_before=peak_before,
+                  matmul_gflops_after=peak_after, threads=a.threads, batch_size=B, prompt_length=P,
+                  response_length=R, ppo_epochs=a.ppo_epochs, iters=a.iters, warmup=a.warmup,
+                  temperature=a.temperature, torch=torch.__version__, trl_venv=trl_versions,
+                  command=shlex.join([sys.executable, *sys.argv]), results=results)
+    print(json.dumps(record))
+    if a.save:
+        a.save.parent.mkdir(parents=True, exist_ok=True)
+        a.save.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"saved {a.save}", file=sys.stderr)
 
 
 if __name__ == "__main__":
