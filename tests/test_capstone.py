@@ -107,17 +107,24 @@ def test_resume_takes_the_same_next_iteration(small_runs):
 
 
 def test_one_line_errors_with_exit_code_2(small_runs, tmp_path):
-    one_line_error(capstone("--preset", "huge", "--out", tmp_path / "x"), "unknown preset 'huge'")
-    if not torch.cuda.is_available():
-        one_line_error(capstone("--preset", "gpu", "--out", tmp_path / "x"), "needs a CUDA GPU")
     (tmp_path / "a-file").write_text("not a folder")
-    one_line_error(capstone("--preset", "check", "--device", "cpu", "--out", tmp_path / "a-file" / "run"),
-                   "cannot write to --out")
-    one_line_error(capstone("--preset", "check", "--device", "cpu", "--out", small_runs / "a"), "--resume")
-    stub = REPO / "exercises/capstone/capstone.ipynb"
-    proc = subprocess.run([sys.executable, "-m", "rlhf_course.capstone", "--preset", "check", "--device", "cpu",
-                           "--out", tmp_path / "y", "--answers", stub], capture_output=True, text=True, cwd=REPO)
-    one_line_error(proc, "not implemented yet", "sft_loss")
+    cli = [sys.executable, "-m", "rlhf_course.capstone"]
+    check = ("--preset", "check", "--device", "cpu")
+    cases = [
+        ((*cli, "--preset", "huge", "--out", tmp_path / "x", "--answers", ANSWERS), ["unknown preset 'huge'"]),
+        ((*cli, *check, "--out", tmp_path / "a-file" / "run", "--answers", ANSWERS), ["cannot write to --out"]),
+        ((*cli, *check, "--out", small_runs / "a", "--answers", ANSWERS), ["--resume"]),
+        ((*cli, *check, "--out", tmp_path / "y", "--answers", REPO / "exercises/capstone/capstone.ipynb"),
+         ["not implemented yet", "sft_loss"]),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(((*cli, "--preset", "gpu", "--out", tmp_path / "x", "--answers", ANSWERS), ["needs a CUDA GPU"]))
+    # all at once: each spends seconds importing torch and transformers before it fails
+    procs = [(subprocess.Popen(list(map(str, argv)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=REPO), argv, words) for argv, words in cases]
+    for proc, argv, words in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        one_line_error(subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr), *words)
 
 
 def test_a_corrupt_checkpoint_is_refused_and_nothing_is_lost(small_runs, tmp_path):

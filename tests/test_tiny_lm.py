@@ -234,6 +234,23 @@ def test_cached_sampling_matches_a_full_forward(tiny):
     assert torch.equal(pred[real], qr[:, ctx:][real])
 
 
+def test_the_samplers_logits_and_hidden_states_are_a_full_forwards(tiny):
+    """Oracle for rollout_logprobs="sampling": the logits and last hidden states the sampler keeps are those
+    a full forward over query_response computes at positions ctx-1+t, on every real response token."""
+    from rlhf_course.rlhf_ppo import response_logits
+
+    model, tok = tiny
+    out = generate_responses(model, tok, tw.sample_prompts(8, seed=5), max_new_tokens=12, temperature=0.7,
+                             seed=3, return_logits=True, return_hidden=True)
+    qr, am, ctx = out["query_response"], out["attention_mask"], out["context_length"]
+    with torch.no_grad():
+        logits, hidden = response_logits(model, qr, am, ctx)          # (B, R + 1, V), (B, R + 1, H)
+    real = out["response_mask"].bool()
+    assert real.sum() > 20
+    torch.testing.assert_close(out["logits"][real], logits[:, :-1][real], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out["hidden"][real], hidden[:, :-1][real], rtol=1e-4, atol=1e-4)
+
+
 # ------------------------------------------------------------------ load_policy
 def test_load_policy_offline_falls_back_to_tiny(tiny, tmp_path):
     """With an empty Hugging Face cache, "gpt2" and "auto" fall back to the tiny LM with a message."""
