@@ -12,6 +12,7 @@ Prints one markdown row per (variant, seed) and a summary per variant; a "fails"
 graded checks that the run would fail, with the thresholds read from the notebook's test cells.
 
     .venv/bin/python scripts/calibrate_capstone_microrun.py --seeds 0 1 2 3 4 5 --jobs 2
+    .venv/bin/python scripts/calibrate_capstone_microrun.py --preset cpu --variants correct --seeds 0 1 2 --jobs 2
 """
 import argparse
 import ast
@@ -90,8 +91,9 @@ def sanity_checks_pass(sft_loss) -> bool:
     return all(math.isclose(float(sft_loss(x, ids, prompt, attn)), math.log(10), rel_tol=1e-5) for x in (flat, noisy))
 
 
-def microrun(variant: str, seed: int) -> dict:
-    """Parts C, D and E of the notebook, for one sft_loss variant and one seed."""
+def microrun(variant: str, seed: int, preset: str = "grade") -> dict:
+    """Parts C, D and E of the notebook, for one sft_loss variant and one seed (on the notebook's "grade"
+    preset, or another: "cpu" runs the learner's full CPU pipeline's stages with the same checks)."""
     import torch
 
     from rlhf_course.capstone import (best_of_n_stage, eval_prompts, evaluate_policy, get_preset, load_base_model,
@@ -109,7 +111,7 @@ def microrun(variant: str, seed: int) -> dict:
         wall, cpu = time.perf_counter(), time.process_time()
 
     # Part C
-    cfg = get_preset("grade", seed=seed)
+    cfg = get_preset(preset, seed=seed)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     base, tokenizer, _ = load_base_model(cfg, progress=False)
@@ -202,6 +204,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     parser.add_argument("--variants", nargs="+", default=["correct", *BROKEN])
+    parser.add_argument("--preset", default="grade", help="capstone preset (default: the graded cells' \"grade\"; "
+                        "\"cpu\": the full CPU run's sizes, about 2.5 min per seed)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel processes (one torch thread each)")
     parser.add_argument("--json", type=Path, default=None, help="also write every row to this file")
     parser.add_argument("--from-json", type=Path, nargs="+", default=None,
@@ -214,7 +218,7 @@ def main():
     if args.from_json:
         print_tables([r for path in args.from_json for r in json.loads(path.read_text())], t)
         return
-    tasks = [(v, s) for v in args.variants for s in args.seeds]
+    tasks = [(v, s, args.preset) for v in args.variants for s in args.seeds]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
             results = list(pool.map(_run, tasks))
