@@ -90,6 +90,13 @@ def trl_flops_per_iter(B, P, R, ppo_epochs, n_layer, n_embd, vocab):
     return gen + lm + 2 * trunk + ppo_epochs * 3 * (lm + trunk)  # 3 = forward + backward (2×)
 
 
+def this_command() -> str:
+    """The command line that ran this script, with the interpreter relative to the repository when inside it."""
+    python = Path(sys.executable)
+    python = python.relative_to(REPO) if python.is_relative_to(REPO) else python
+    return shlex.join([str(python), *sys.argv])
+
+
 def matmul_gflops(threads):
     """fp32 336×768×3072 throughput on `threads` threads (an (B·(P+R))×E @ E×4E MLP matmul of GPT-2 small at
     16×21 tokens): the peak the MFU is measured against, by the same function the capstone's bench uses."""
@@ -271,7 +278,7 @@ def main(a):
 
     import torch
 
-    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"command: {this_command()}")
     trl_versions = subprocess.run(
         [a.trl_python, "-c", "from importlib.metadata import version as v; "
          "print(' '.join(f'{p} {v(p)}' for p in ('torch', 'trl', 'transformers', 'accelerate')))"],
@@ -368,7 +375,7 @@ def main(a):
                   matmul_gflops_after=peak_after, threads=a.threads, batch_size=B, prompt_length=P,
                   response_length=R, ppo_epochs=a.ppo_epochs, iters=a.iters, warmup=a.warmup,
                   temperature=a.temperature, torch=torch.__version__, trl_venv=trl_versions,
-                  command=shlex.join([sys.executable, *sys.argv]), results=results)
+                  command=this_command(), results=results)
     print(json.dumps(record))
     if a.save:
         a.save.parent.mkdir(parents=True, exist_ok=True)
