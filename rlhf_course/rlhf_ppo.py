@@ -119,8 +119,9 @@ class FixedKLController:
 
 def make_value_head(hidden_size: int) -> nn.Linear:
     """Scalar value from the LM's last hidden state, zero-initialised (lm-human-preferences): V ≡ 0
-    at the start, so the first advantages are the rewards themselves and the untrained head sends no
-    gradient into the shared trunk."""
+    at the start, so every δ_t is the reward r_t and the first advantages are the λ-discounted sums of
+    the rewards ahead, Â_t = Σ_l (γλ)^l r_{t+l} (Σ_l 0.95^l r_{t+l} with γ = 1, λ = 0.95), before
+    whitening; and the untrained head sends no gradient into the shared trunk."""
     head = nn.Linear(hidden_size, 1)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
@@ -462,7 +463,9 @@ def ppo_rlhf_iteration(
     rewards = per_token_rewards(all_scores, all_logprobs, all_ref_logprobs, all_mask, kl_coef)   # (B, R)
     non_score_reward = -kl_coef * (all_logprobs - all_ref_logprobs) * all_mask                   # for logging
     if cfg.whiten_rewards:
-        rewards = masked_whiten(rewards, all_mask, shift_mean=False)  # scale only: a shift would bias GAE
+        # shift_mean=False, as TRL: x/σ + μ(1 − 1/σ), a rescaling plus one constant per real token (a
+        # length term; full centring adds −μ/σ instead). book/rlhf/logprobs_values.md weighs the trade.
+        rewards = masked_whiten(rewards, all_mask, shift_mean=False)
 
     # 5. Advantages with GAE over the response tokens; whitened WITH the mean shift.
     advantages, returns = token_gae(rewards * all_mask, all_values, cfg.gamma, cfg.lam)

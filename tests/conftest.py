@@ -58,6 +58,7 @@ def wait_background(name: str, timeout: float = 900) -> tuple[Path, str]:
     return job["out"], output
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: start only what the selected tests need
 def pytest_collection_modifyitems(session, config, items):
     book_items = [item for item in items if item.module.__name__ == "test_book"]
     cpu_items = [item for item in items if "cpu_run" in getattr(item, "fixturenames", ())]

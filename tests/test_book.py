@@ -141,6 +141,44 @@ def test_math_typeset_and_widgets_rendered_offline(html, page, artifacts):
     assert shot.exists() and shot.stat().st_size > 50_000, "no screenshot of the rendered chapter"
 
 
+# A page may point ahead only with a link to where it points: a promise ("comes later", "the capstone")
+# without one is a promise of a page that may not exist (jupyter-book -W already fails on a broken link).
+PROMISE = re.compile(r"\b(comes? later|later (chapter|page)s?|in a later|will (cover|return to)|coming soon"
+                     r"|the capstone)\b", re.I)
+LINK = re.compile(r"\]\(|\{(doc|ref|numref)\}`")
+
+
+def promises_without_a_target(markdown: str, allow_capstone: bool = False) -> list[str]:
+    """Sentences of a page's prose (code cells and blocks left out) that promise more without a link."""
+    prose = re.sub(r"^(```|~~~).*?^\1", "", markdown, flags=re.M | re.S)
+    found = []
+    for paragraph in re.split(r"\n\s*\n", prose):
+        for sentence in re.split(r"(?<=[.!?])\s+", " ".join(paragraph.split())):
+            match = PROMISE.search(sentence)
+            if match and not LINK.search(sentence) and not (allow_capstone and match[0].lower() == "the capstone"):
+                found.append(sentence)
+    return found
+
+
+def test_no_page_promises_what_it_does_not_link():
+    bad = {}
+    for page in sorted((REPO / "book").rglob("*.md")):
+        rel = page.relative_to(REPO)
+        found = promises_without_a_target(page.read_text(), allow_capstone=rel.parts[1] == "capstone")
+        if found:
+            bad[str(rel)] = found
+    assert not bad, "a promise without a link (link the page, or drop the promise):\n" + "\n".join(
+        f"{page}: {sentence}" for page, found in bad.items() for sentence in found)
+
+
+def test_the_promise_check_can_fail():
+    assert promises_without_a_target("Intro.\n\nDPO comes later. Fine.") == ["DPO comes later."]
+    assert promises_without_a_target("As the capstone shows, it works.") == ["As the capstone shows, it works."]
+    assert promises_without_a_target("The capstone [repeats it](capstone/index.md).") == []
+    assert promises_without_a_target("```python\n# comes later\n```\nText.") == []
+    assert promises_without_a_target("In the capstone itself.", allow_capstone=True) == []
+
+
 def test_browser_check_can_fail(tmp_path):
     # A page with math but no MathJax must be reported as untypeset: the check above can go red.
     page = tmp_path / "raw.html"
