@@ -90,3 +90,67 @@ def test_exercise_notebooks_state_difficulty_time_points_and_hints(assignment, n
         if meta.get("solution"):
             hinted = True   # a second answer cell of the same part shares its hint
     assert not missing, f"{notebook}: no collapsed hint before the first answer of {missing}"
+
+
+def unguarded_follow_ons(nb) -> list[str]:
+    """Ungraded code cells that read names a graded test cell defines, without checking they exist.
+
+    A graded micro-run that fails leaves its names undefined; a plot cell after it that uses them anyway
+    adds a NameError that blames the wrong thing. Such a cell must test `"name" in globals()` for a name
+    its test cell assigns no earlier than every name the plot cell reads from it (if that one exists,
+    so do they). Names a cell assigns itself (loop variables) do not count.
+    """
+    import ast
+    import re
+
+    defined: dict[str, tuple[int, int]] = {}        # name -> (test cell index, statement index in it)
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        meta = cell.metadata.get("nbgrader", {})
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        if meta.get("grade"):
+            for position, node in enumerate(tree.body):
+                if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    for name in (n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)):
+                        defined[name] = (index, position)
+        elif not meta.get("solution"):
+            stored = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+            used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+            guarded = set(re.findall(r"[\"'](\w+)[\"']\s+(?:not\s+)?in\s+globals\(\)", cell.source))
+            needs: dict[int, int] = {}                      # test cell -> latest position read from it
+            for name in used - stored:
+                if name in defined:
+                    cell_index, position = defined[name]
+                    needs[cell_index] = max(needs.get(cell_index, -1), position)
+            for cell_index, position in needs.items():
+                if not any(defined.get(g, (None,))[0] == cell_index and defined[g][1] >= position for g in guarded):
+                    names = sorted(n for n in used - stored if defined.get(n, (None,))[0] == cell_index)
+                    problems.append(f"{meta.get('grade_id', '?')}: uses {', '.join(names)} without checking "
+                                    "that the test cell defining them finished")
+    return problems
+
+
+@pytest.mark.parametrize("assignment,notebook", PAIRS)
+def test_cells_after_a_micro_run_survive_its_failure(assignment, notebook):
+    nb = nbformat.read(SOLUTIONS / assignment / f"{notebook}.ipynb", as_version=4)
+    assert not unguarded_follow_ons(nb), unguarded_follow_ons(nb)
+
+
+def test_the_follow_on_check_can_fail():
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("records = train()", metadata={"nbgrader": {"grade": True, "grade_id": "t"}}),
+        nbformat.v4.new_code_cell("plot(records)", metadata={"nbgrader": {"grade_id": "plot"}}),
+        nbformat.v4.new_code_cell('if "records" in globals():\n    plot(records)', metadata={}),
+    ])
+    assert unguarded_follow_ons(nb) == ["plot: uses records without checking that the test cell defining them "
+                                        "finished"]
+    # a guard on an earlier name of the test cell does not cover a later one
+    nb.cells[0].source = "early = 1\nrecords = train()"
+    nb.cells[2].source = 'if "early" in globals():\n    plot(records)'
+    assert len(unguarded_follow_ons(nb)) == 2
