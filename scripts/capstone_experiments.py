@@ -269,6 +269,13 @@ def pair_agreement(proxy: np.ndarray, gold: np.ndarray) -> float:
     return float(np.mean(np.sign(dp[use]) == np.sign(dg[use]))) if use.any() else float("nan")
 
 
+def _job_models(job: dict):
+    """A job's graded answers, SFT model, tokenizer and reward model, from the cache its spec names."""
+    answers = _answers(job["answers"])
+    sft_model, tokenizer = _load_sft(Path(job["sft_dir"]))
+    return answers, sft_model, tokenizer, _load_rm(answers, sft_model, Path(job["rm_path"]))
+
+
 def ppo_job(job: dict) -> dict:
     """One PPO run against a cached reward model, evaluated on the held-out prompts every eval_every."""
     _setup()
@@ -280,9 +287,7 @@ def ppo_job(job: dict) -> dict:
     if out.exists():
         return json.loads(out.read_text())
     start = time.perf_counter()
-    answers = _answers(job["answers"])
-    sft_model, tokenizer = _load_sft(Path(job["sft_dir"]))
-    rm = _load_rm(answers, sft_model, Path(job["rm_path"]))
+    answers, sft_model, tokenizer, rm = _job_models(job)
     ppo = replace(cfg.ppo, init_kl_coef=spec["beta"], learning_rate=spec["lr"], kl_target=spec["kl_target"],
                   kl_horizon=spec["kl_horizon"])
     kl_ctl = (answers["AdaptiveKLController"](spec["beta"], spec["kl_target"], spec["kl_horizon"])
@@ -328,9 +333,7 @@ def bon_job(job: dict) -> dict:
     if out.exists():
         return json.loads(out.read_text())
     start = time.perf_counter()
-    answers = _answers(job["answers"])
-    sft_model, tokenizer = _load_sft(Path(job["sft_dir"]))
-    rm = _load_rm(answers, sft_model, Path(job["rm_path"]))
+    answers, sft_model, tokenizer, rm = _job_models(job)
     cfg = replace(job["cfg"], best_of_n=tuple(job["n"]), best_of_n_samples=job["samples"])
     result = cs.best_of_n_stage(cfg, sft_model, rm, tokenizer, answers["best_of_n_kl"])
     result.update(seed=cfg.seed, seconds=time.perf_counter() - start)
