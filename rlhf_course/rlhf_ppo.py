@@ -320,11 +320,6 @@ def make_rlhf_state(config: RLHFConfig | None = None, kl_ctl=None, policy="tiny"
                      description=description, train_model=train_model)
 
 
-def _tmean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Torch twin of the student's masked_mean, for the losses that need autograd."""
-    return (x * mask).sum() / mask.sum()
-
-
 def _gather_rows(x: np.ndarray) -> np.ndarray:
     """Concatenate every process's rows in rank order (the identity in a single process)."""
     if distributed()[1] == 1:
