@@ -899,7 +899,10 @@ def bench(args) -> dict:
     gen = torch.Generator().manual_seed(1)
     fns = {k: answers[k] for k in PPO_FUNCTIONS}
     times, phase_times = [], {}
-    for i in range(args.warmup + args.iters):
+    from tqdm import tqdm
+
+    # disable=None: a bar on a terminal, nothing in a log (bench_trl.py captures this process's output)
+    for i in tqdm(range(args.warmup + args.iters), desc="bench iterations", disable=None, file=sys.stderr):
         prompts = torch.randint(0, args.vocab - 2, (args.batch_size, args.prompt_length), generator=gen)
         t0 = time.perf_counter()
         metrics = ppo_rlhf_iteration(state, cfg, **fns, reward_model=rm, prompts=prompts)
