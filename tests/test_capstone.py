@@ -331,3 +331,15 @@ def test_evaluation_measures_zero_kl_for_the_reference_itself():
     assert ev["kl"] == pytest.approx(0.0, abs=1e-6)
     assert ev["gold"] == pytest.approx(float(tw.gold_reward(ev["texts"]).mean()))
     assert len(ev["per_sample"]["proxy"]) == 8 and 0 < ev["distinct"] <= 1
+
+
+def test_bench_prints_one_json_line_with_its_phases():
+    proc = capstone("bench", "--n-layer", 2, "--n-embd", 64, "--n-head", 2, "--vocab", 300, "--iters", 2,
+                    "--warmup", 1, "--json", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(line["s_per_iter_all"]) == 2 and line["tokens_per_s"] > 0
+    assert line["flops_per_iter"] == pytest.approx(cs.iteration_flops(2, 64, 300, 16, 5, 16, 4))
+    assert set(line["phases"]) == {"generation", "scores_and_logprobs", "advantages", "ppo_update"}
+    assert sum(p["flops"] for p in line["phases"].values()) == pytest.approx(line["flops_per_iter"])
+    assert all(p["s_median"] > 0 for p in line["phases"].values())
