@@ -51,7 +51,7 @@ from rlhf_course.tiny_lm import _quiet_progress_bars
 from rlhf_course.rlhf_ppo import (CheckpointError, FixedKLController, RLHFConfig, _gather_rows, distributed,
                                   load_checkpoint,
                                   make_rlhf_state, ppo_rlhf_iteration, resolve_device, response_logits,
-                                  reward_model_scores, save_checkpoint, use_fast_kernels)
+                                  reward_model_scores, sampling_logits, save_checkpoint, use_fast_kernels)
 
 PPO_FUNCTIONS = ["response_log_probs", "per_token_rewards", "masked_mean", "masked_whiten", "kl_estimates"]
 """Chapter 4's graded functions, as ppo_rlhf_iteration takes them."""
@@ -428,9 +428,7 @@ def evaluate_policy(cfg: CapstoneConfig, policy, ref_policy, reward_model, token
 
 def _sampling_log_softmax(logits: torch.Tensor, temperature: float, pad_id: int) -> torch.Tensor:
     """log of the distribution the sampler draws from: softmax(logits / T) with the pad token removed."""
-    scaled = logits.float() / temperature
-    scaled[..., pad_id] = -float("inf")
-    return scaled.log_softmax(-1)
+    return (sampling_logits(logits, pad_id) / temperature).log_softmax(-1)
 
 
 # ---------------------------------------------------------------------------------------------------

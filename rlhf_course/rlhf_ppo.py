@@ -30,6 +30,11 @@ ctx − 1 + t; the value of the state *before* token t is read at the same posit
 positions (ctx − 1 … ctx + R − 1) go through the LM head, and the student's ``response_log_probs``
 is called on them as ``response_log_probs(logits, query_response[:, ctx - 1:], 1, T)``: the same
 function, a context of length 1, and none of the prompt's vocabulary-sized logits computed for nothing.
+
+Log-probs are those of the distribution the sampler draws from. ``generate_responses`` never draws the
+pad token, so every logit the student's function sees (π_old, π_ref and π_θ alike) has the pad column
+set to −inf (``sampling_logits``), and the pad ids after each EOS are read as EOS (``logprob_targets``):
+those positions are masked, but a gathered −inf times a mask of 0 would be NaN.
 """
 from __future__ import annotations
 
@@ -159,6 +164,25 @@ def response_logits(model: nn.Module, query_response: torch.Tensor, attention_ma
     # matmul at a third of the speed (GPT-2's head is a 50,257 × 768 matrix).
     logits = model.get_output_embeddings()(hidden.reshape(B * L, H)).view(B, L, -1)
     return logits, hidden
+
+
+def sampling_logits(logits: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """(..., V) logits -> float32 logits of the distribution ``generate_responses`` samples: the pad
+    token's set to −inf, since the sampler never draws it. Out of place, so the gradient passes through.
+
+    Without this, log π would be normalised over a token the policy never emits: off by log(1 − p_pad)
+    at every token, which for GPT-2's added pad token (embedding initialised at the mean) is not small.
+    """
+    pad = torch.tensor([pad_id], device=logits.device)
+    return logits.float().index_fill(-1, pad, -float("inf"))
+
+
+def logprob_targets(query_response: torch.Tensor, context_length: int, pad_id: int, eos_id: int) -> torch.Tensor:
+    """(B, ctx + R) ids -> (B, 1 + R): the last query token, then the response with its padding read as
+    EOS. The slots after the first EOS hold the pad id, whose sampling log-prob is −inf; they are masked
+    everywhere, but −inf · 0 = NaN, so they are given a token of finite log-prob instead."""
+    ids = query_response[:, context_length - 1:]
+    return ids.masked_fill(ids == pad_id, eos_id)
 
 
 def use_fast_kernels(model: nn.Module, sparse_embedding: bool = True) -> nn.Module:
@@ -412,13 +436,15 @@ def ppo_rlhf_iteration(
     with torch.no_grad(), _autocast(state, cfg):
         gen = generate_responses(policy, state.tokenizer, prompts, max_new_tokens=cfg.response_length,
                                  temperature=T, seed=seed + 7_919 * rank, stop_at_eos=cfg.stop_at_eos,
-                                 return_logits=from_sampling, return_hidden=from_sampling)
+                                 return_logits=from_sampling, return_hidden=from_sampling,
+                                 return_token_logprobs=True)
     t_generated = time.perf_counter()   # generate_responses ends by copying tokens to the host: synchronised
     query_response = gen["query_response"]                      # (B, ctx + R) left-padded queries, responses
     attention_mask = gen["attention_mask"]                      # (B, ctx + R)
     ctx = gen["context_length"]
     R = query_response.shape[1] - ctx
-    response_ids = query_response[:, ctx - 1:]                  # (B, 1 + R): last query token, then the response
+    pad_id, eos_id = state.tokenizer.pad_token_id, state.tokenizer.eos_token_id
+    response_ids = logprob_targets(query_response, ctx, pad_id, eos_id)   # (B, 1 + R) last query token, response
     mask = gen["response_mask"].float()                         # (B, R) 1 up to and incl. the first EOS
     mask_np = mask.double().cpu().numpy()
 
@@ -440,12 +466,16 @@ def ppo_rlhf_iteration(
             values = value_head(gen["hidden"]).squeeze(-1)                             # (B, R)
         else:
             logits, values = PolicyAndValue(policy, value_head)(query_response, attention_mask, ctx)
-        logprobs = response_log_probs(logits.float(), response_ids, 1, T)             # (B, R) log π_old
-        ref_logits, _ = response_logits(ref_policy, query_response, attention_mask, ctx)  # (B, R + 1, V)
-        ref_logprobs = response_log_probs(ref_logits.float(), response_ids, 1, T)     # (B, R) log π_ref
+        logprobs = response_log_probs(sampling_logits(logits, pad_id), response_ids, 1, T)        # (B, R) log π_old
+        ref_logits, _ = response_logits(ref_policy, query_response, attention_mask, ctx)          # (B, R + 1, V)
+        ref_logprobs = response_log_probs(sampling_logits(ref_logits, pad_id), response_ids, 1, T)  # log π_ref
     logprobs_np = logprobs.double().cpu().numpy() * mask_np    # padding: 0, never used
     ref_logprobs_np = ref_logprobs.double().cpu().numpy() * mask_np
     values_np = values.double().cpu().numpy() * mask_np        # V = 0 after the episode ends
+    # Sanity check: log π_old must be the log-probability each token was drawn with (the sampler's own
+    # record). An off-by-one position or a forgotten temperature shows here at once, long before any curve.
+    drawn = gen["token_logprobs"].double().cpu().numpy()
+    logprob_max_dev = float(np.max(np.abs(logprobs_np - drawn) * mask_np))
     t_scored = time.perf_counter()
 
     # 4. Per-token rewards: −β·(log π − log π_ref) on every real token, the score at the last one. Under
@@ -494,6 +524,7 @@ def ppo_rlhf_iteration(
         **{k: v for k, v in stats.items() if k != "sanity/first_ratio_max_dev"},
         "val/num_eos_tokens": int(n_eos),
         "sanity/first_ratio_max_dev": stats["sanity/first_ratio_max_dev"],
+        "sanity/logprob_max_dev": float(np.max(_gather_rows(np.array([logprob_max_dev])))),
         "lr": state.optimizer.param_groups[0]["lr"],
         "episode": (state.iteration + 1) * len(all_scores),
         "seconds": time.perf_counter() - start,
@@ -508,7 +539,8 @@ def ppo_rlhf_iteration(
     state.history.append(metrics)
     state.last_rollout = {"prompts": prompt_texts, "responses": list(gen["responses"]), "scores": scores,
                           "rewards": rewards[mine], "advantages": advantages[mine], "mask": mask_np,
-                          "reviews": reviews}
+                          "reviews": reviews, "logprobs": logprobs_np, "ref_logprobs": ref_logprobs_np,
+                          "query_response": query_response.cpu(), "context_length": ctx}
     return metrics
 
 
@@ -532,6 +564,8 @@ def ppo_update(state: RLHFState, cfg: RLHFConfig, batch: dict, *, response_log_p
     params = list(state.policy.parameters()) + list(state.value_head.parameters())
     qr, am, ctx = batch["query_response"], batch["attention_mask"], batch["context_length"]
     mask, T = batch["mask"], cfg.temperature
+    pad_id = state.tokenizer.pad_token_id
+    targets = logprob_targets(qr, ctx, pad_id, state.tokenizer.eos_token_id)   # (B, 1 + R)
     B = qr.shape[0]
     mb_size = max(1, B // cfg.num_minibatches)
     micro_size = max(1, mb_size // cfg.gradient_accumulation_steps)
@@ -553,7 +587,8 @@ def ppo_update(state: RLHFState, cfg: RLHFConfig, batch: dict, *, response_log_p
                 with no_sync:
                     with _autocast(state, cfg):
                         new_logits, vpred = model(qr[mb], am[mb], ctx)                 # (mb, R+1, V), (mb, R)
-                    new_logprobs = response_log_probs(new_logits.float(), qr[mb, ctx - 1:], 1, T)  # with grad
+                    new_logits = sampling_logits(new_logits, pad_id)                   # (mb, R+1, V) float32
+                    new_logprobs = response_log_probs(new_logits, targets[mb], 1, T)   # (mb, R), with grad
                     vpred = vpred.float()
 
                     logratio = (new_logprobs - batch["logprobs"][mb]) * mb_mask
@@ -581,8 +616,8 @@ def ppo_update(state: RLHFState, cfg: RLHFConfig, batch: dict, *, response_log_p
                     # Sanity check: nothing has moved yet, so every ratio of the first minibatch is 1.
                     first_ratio_max_dev = float(np.max(np.abs(r_np - 1) * m))
                 with torch.no_grad():
-                    scaled = new_logits[:, :-1].float() / T
-                    ent = (torch.logsumexp(scaled, -1) - (torch.softmax(scaled, -1) * scaled).sum(-1))  # (mb, R)
+                    # entr(p) = −p log p, and 0 at p = 0 (the pad token), where p · log p would be NaN
+                    ent = torch.special.entr(torch.softmax(new_logits[:, :-1] / T, -1)).sum(-1)   # (mb, R)
                 stats["approxkl"].append(masked_mean(0.5 * lr_np ** 2, m))           # k2 of old vs new
                 stats["pg_clipfrac"].append(masked_mean((pg_losses2 > pg_losses).double().cpu().numpy(), m))
                 stats["vf_clipfrac"].append(masked_mean((vf_losses2 > vf_losses1).double().cpu().numpy(), m))

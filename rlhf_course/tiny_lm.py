@@ -452,7 +452,7 @@ def sample_from_logits(logits: torch.Tensor, temperature: float, generator: torc
 def generate_responses(model, tokenizer, prompts: list[str] | torch.Tensor, max_new_tokens: int = 16,
                        temperature: float = 1.0, seed: int = 0, do_sample: bool = True,
                        stop_at_eos: bool = True, return_logits: bool = False,
-                       return_hidden: bool = False) -> dict:
+                       return_hidden: bool = False, return_token_logprobs: bool = False) -> dict:
     """Sample a response to each prompt (a string, or a row of a (B, P) tensor of token ids), with the
     bookkeeping RLHF needs.
 
@@ -475,7 +475,10 @@ def generate_responses(model, tokenizer, prompts: list[str] | torch.Tensor, max_
             ctx - 1 + t: what a full forward pass over query_response gives there, up to float
             rounding. RLHF reads the rollout policy's log-probs from them instead of a second pass;
         "hidden" (if return_hidden): (B, R, H), the last hidden state at the same positions (the
-            input of a value head). Steps after every row has stopped are zeros (masked anyway).
+            input of a value head). Steps after every row has stopped are zeros (masked anyway);
+        "token_logprobs" (if return_token_logprobs): (B, R) float32, the log-probability with which each
+            response token was drawn: log softmax(logits / temperature) with the pad removed (temperature
+            1 when greedy), 0 after the first EOS. The record a trainer's log π_old must agree with.
     Position ids are ``position_ids_from_mask(attention_mask)`` throughout, so padding does not
     shift any row.
     """
@@ -501,6 +504,7 @@ def generate_responses(model, tokenizer, prompts: list[str] | torch.Tensor, max_
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     step_logits = torch.zeros(B, max_new_tokens, head.out_features, device=device) if return_logits else None
     step_hidden = torch.zeros(B, max_new_tokens, head.in_features, device=device) if return_hidden else None
+    step_logprobs = torch.zeros(B, max_new_tokens, device=device) if return_token_logprobs else None
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
         if cache is not None:                                            # GPT-2: a cache written in place
@@ -517,6 +521,10 @@ def generate_responses(model, tokenizer, prompts: list[str] | torch.Tensor, max_
             step_hidden[:, t] = hidden
         logits[:, pad_id] = -float("inf")  # pad only ever marks "no token", never a sampled one
         token = logits.argmax(-1) if greedy else sample_from_logits(logits, temperature, gen)
+        if return_token_logprobs:
+            scaled = logits if greedy else logits / temperature
+            drawn = scaled.log_softmax(-1).gather(1, token[:, None])[:, 0]                  # (B,)
+            step_logprobs[:, t] = torch.where(done, torch.zeros_like(drawn), drawn)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         tokens[:, t] = token
         mask[:, ctx + t] = (~done).long()                                # EOS itself is real
@@ -548,6 +556,8 @@ def generate_responses(model, tokenizer, prompts: list[str] | torch.Tensor, max_
         result["logits"] = step_logits
     if return_hidden:
         result["hidden"] = step_hidden
+    if return_token_logprobs:
+        result["token_logprobs"] = step_logprobs
     return result
 
 

@@ -191,3 +191,79 @@ def test_the_same_iteration_runs_on_a_gpt2_shaped_policy(tmp_path, monkeypatch):
     assert any(not torch.equal(v, state.policy.state_dict()[k]) for k, v in policy0.items())
     with pytest.raises(ValueError):
         make_rlhf_state(cfg, policy="gpt-3")
+
+
+def _sampler_log_prob_oracle(model, tokenizer, query_response, ctx, mask, T):
+    """Per token, with no padding and no cache: log p(y_t) under softmax(logits / T) with the pad removed,
+    the distribution generate_responses draws from. Also the same under the full softmax."""
+    pad = tokenizer.pad_token_id
+    B, R = mask.shape
+    want, full = np.zeros((B, R)), np.zeros((B, R))
+    with torch.no_grad():
+        for i in range(B):
+            query = query_response[i, :ctx]
+            query = query[query != pad]
+            for t in range(int(mask[i].sum())):
+                ids = torch.cat([query, query_response[i, ctx:ctx + t]])[None]
+                logits = model(input_ids=ids).logits[0, -1].double() / T
+                token = int(query_response[i, ctx + t])
+                full[i, t] = float(torch.log_softmax(logits, -1)[token])
+                logits[pad] = -float("inf")
+                want[i, t] = float(torch.log_softmax(logits, -1)[token])
+    return want, full
+
+
+@pytest.mark.parametrize("policy", ["tiny", "gpt2"])
+def test_log_probs_are_those_of_the_sampling_distribution(policy, tmp_path, monkeypatch):
+    """The sampler never draws pad, so log π_old and log π_ref must be normalised without it (a loop
+    that left pad in the softmax would be off by log(1 − p_pad) at every token). Checked against a
+    per-token forward with no padding, on the tiny LM (its pad made as likely as EOS, so the check
+    can fail) and on a GPT-2 whose pad token was added and mean-initialised by load_policy."""
+    if policy == "gpt2":
+        import rlhf_course.tiny_lm as tiny_lm
+        from conftest import make_gpt2_shaped_checkpoint
+
+        checkpoint = make_gpt2_shaped_checkpoint(tmp_path / "gpt2-like")
+        load_local = tiny_lm._load_gpt2
+        monkeypatch.setattr(tiny_lm, "_load_gpt2", lambda name="gpt2": load_local(str(checkpoint)))
+    cfg = tiny(num_ppo_epochs=1, num_minibatches=1)
+    state = make_rlhf_state(cfg, policy=policy)
+    tok = state.tokenizer
+    if policy == "tiny":   # a pad as likely as EOS (tied head: same logit); pad inputs are never attended
+        with torch.no_grad():
+            for model in (state.policy, state.ref_policy):
+                emb = model.get_input_embeddings().weight
+                emb[tok.pad_token_id] = emb[tok.eos_token_id]
+    reward_fn = lambda texts: np.array([len(t) / 10 for t in texts])  # noqa: E731 (bytes of an untrained GPT-2)
+    metrics = ppo_rlhf_iteration(state, cfg, **FNS, reward_fn=reward_fn)
+    roll = state.last_rollout
+    want, full = _sampler_log_prob_oracle(state.ref_policy, tok, roll["query_response"], roll["context_length"],
+                                          roll["mask"], cfg.temperature)
+    mask = roll["mask"] > 0
+    assert np.abs(full - want)[mask].max() > 1e-3, "the pad token is too unlikely here for the check to fail"
+    # the policy has not moved at rollout time: π_old = π_ref = the sampling distribution
+    assert np.allclose(roll["ref_logprobs"][mask], want[mask], atol=2e-4)
+    assert np.allclose(roll["logprobs"][mask], want[mask], atol=2e-4)
+    assert np.all(roll["logprobs"][~mask] == 0) and np.isfinite(metrics["policy/entropy_avg"])
+    assert metrics["sanity/first_ratio_max_dev"] < 1e-4 and np.isfinite(metrics["loss/policy_avg"])
+
+
+@pytest.mark.parametrize("rollout_logprobs", ["sampling", "forward"])
+def test_log_probs_are_checked_against_the_samplers_record(rollout_logprobs):
+    """sanity/logprob_max_dev compares log π_old with the log-prob each token was drawn with: ~0 for the
+    reference function, large for a forgotten temperature or an off-by-one position (whichever pass
+    produced π_old's logits)."""
+    def no_temperature(logits, input_ids, context_length, temperature=1.0):
+        return ref_response_log_probs(logits, input_ids, context_length, 1.0)
+
+    def off_by_one(logits, input_ids, context_length, temperature=1.0):
+        logp = torch.log_softmax(logits[:, context_length:] / temperature, dim=-1)      # (B, R, V), one late
+        logp = torch.cat([logp, logp[:, -1:]], 1)[:, :input_ids.shape[1] - context_length]
+        return logp.gather(-1, input_ids[:, context_length:, None])[..., 0]
+
+    cfg = tiny(rollout_logprobs=rollout_logprobs, temperature=0.7, num_ppo_epochs=1, num_minibatches=1)
+    good = ppo_rlhf_iteration(make_rlhf_state(cfg), cfg, **FNS)
+    assert good["sanity/logprob_max_dev"] < 1e-4
+    for broken in (no_temperature, off_by_one):
+        metrics = ppo_rlhf_iteration(make_rlhf_state(cfg), cfg, **{**FNS, "response_log_probs": broken})
+        assert metrics["sanity/logprob_max_dev"] > 0.1, broken.__name__
