@@ -87,14 +87,23 @@ def _write_class(root: Path, assignment: str, students: dict[str, dict[str, str]
     expect["correct"] = {"score": module.FULL_SCORE, "status": "ok"}
     write("stub", None)
     expect["stub"] = {"score": 0.0, "status": "ok"}
+    deps = _depends(assignment, notebook)
+    micro_runs = set(graded_cells(assignment, notebook)) - {c for cells in owners.values() for c in cells}
     for student, bugs in students.items():
         bodies = dict(correct)
         for cell, name in bugs.items():
             _, old, new, _why = module.WRONG[name]
             bodies[cell] = mutate(correct[cell], old, new)
         write(student, bodies)
+        broken = set(bugs)
+        while True:            # a function whose answer or tests call a broken one may fail too
+            more = {f for f, uses in deps.items() if uses & broken} - broken
+            if not more:
+                break
+            broken |= more
         expect[student] = {"below": module.FULL_SCORE, "status": "ok",
-                           "lose_in": {name: owners[cell] for cell, name in bugs.items()}}
+                           "lose_in": {name: owners[cell] for cell, name in bugs.items()},
+                           "may_lose_in": micro_runs | {c for f in broken for c in owners[f]}}
     return expect
 
 
@@ -114,6 +123,12 @@ def owned_test_cells(assignment: str, notebook: str) -> dict[str, list[str]]:
         elif meta.get("grade") and current is not None:
             owners[current].append(meta["grade_id"])
     return owners
+
+
+def graded_cells(assignment: str, notebook: str) -> list[str]:
+    """grade_ids of every graded test cell of the solution notebook."""
+    nb = nbformat.read(SOLUTIONS / assignment / f"{notebook}.ipynb", as_version=4)
+    return [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
 
 
 def _depends(assignment: str, notebook: str) -> dict[str, set[str]]:

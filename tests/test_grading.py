@@ -58,6 +58,11 @@ def _check(expect, rows):
             if not set(cells) & set(lost):
                 wrong.append(f"{student}: mistake {mistake} lost no points in its own test cells {cells} "
                              f"(lost: {lost})")
+        # The points policy each notebook states: a mistake costs points in its own function's tests, in
+        # those of a function whose answer calls it, and in micro-runs, never in another function's tests.
+        if "may_lose_in" in want and set(lost) - want["may_lose_in"]:
+            wrong.append(f"{student}: lost points in {sorted(set(lost) - want['may_lose_in'])}, the tests of "
+                         "functions it has no mistake in")
     assert not wrong, "\n".join(wrong)
 
 

@@ -154,3 +154,103 @@ def test_the_follow_on_check_can_fail():
     nb.cells[0].source = "early = 1\nrecords = train()"
     nb.cells[2].source = 'if "early" in globals():\n    plot(records)'
     assert len(unguarded_follow_ons(nb)) == 2
+
+
+# ------------------------------------------------------------------ hints and the points policy (issue 9)
+def solution_code(nb) -> str:
+    """The answer code of a notebook (what is between BEGIN and END SOLUTION), whitespace removed."""
+    import re
+
+    code = "".join(m for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")
+                   for m in re.findall(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", c.source, re.S))
+    return re.sub(r"\s+", "", code)
+
+
+def hint_problems(nb, min_span: int = 15) -> list[str]:
+    """Each part with an answer has two collapsed hints, "Hint 1: the idea" then "Hint 2: the pitfall",
+    before its first answer cell; no hint holds a code block or a code span of min_span or more
+    characters (whitespace ignored) that appears in the notebook's answer code. A bare name, dotted or
+    not (`torch.log_softmax`), names a tool and is allowed."""
+    import re
+
+    answer = solution_code(nb)
+    problems, part, summaries = [], None, []
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "markdown":
+            if cell.source.lstrip().startswith("## Part"):
+                part, summaries = cell.source.lstrip().splitlines()[0], []
+            for block in re.findall(r"<details>(.*?)</details>", cell.source, re.S):
+                summaries += re.findall(r"<summary>(.*?)</summary>", block)
+                if "```" in block:
+                    problems.append(f"{part}: a hint holds a code block")
+                for span in re.findall(r"`([^`]+)`", block):
+                    flat = re.sub(r"\s+", "", span)
+                    if len(flat) >= min_span and flat in answer and not re.fullmatch(r"[\w.]+", flat):
+                        problems.append(f"{part}: a hint holds the answer's code `{span}`")
+        if meta.get("solution") and part is not None:
+            if summaries[:2] != ["Hint 1: the idea", "Hint 2: the pitfall"]:
+                problems.append(f"{part}: hints {summaries} are not 'Hint 1: the idea', 'Hint 2: the pitfall'")
+            part = None            # a second answer cell of the same part shares its hints
+    return problems
+
+
+@pytest.mark.parametrize("assignment,notebook", PAIRS)
+def test_hints_are_tiered_and_never_hold_the_answer(assignment, notebook):
+    nb = nbformat.read(SOLUTIONS / assignment / f"{notebook}.ipynb", as_version=4)
+    assert not hint_problems(nb), hint_problems(nb)
+
+
+def test_the_hint_check_can_fail():
+    def notebook(hint: str):
+        return nbformat.v4.new_notebook(cells=[
+            nbformat.v4.new_markdown_cell("## Part A\n\n" + hint),
+            nbformat.v4.new_code_cell("def f(x):\n    ### BEGIN SOLUTION\n    return np.where(mask > 0, x, 0.0)\n"
+                                      "    ### END SOLUTION", metadata={"nbgrader": {"solution": True, "grade_id": "f"}})])
+    tiers = ("<details>\n<summary>Hint 1: the idea</summary>\n\n{}\n</details>\n\n"
+             "<details>\n<summary>Hint 2: the pitfall</summary>\n\n{}\n</details>")
+    assert hint_problems(notebook(tiers.format("Keep the real entries.", "Use `np.where`."))) == []
+    assert hint_problems(notebook(tiers.format("Keep them.", "`np.where(mask>0, x, 0.0)`"))) == \
+        ["## Part A: a hint holds the answer's code `np.where(mask>0, x, 0.0)`"]
+    assert len(hint_problems(notebook("<details>\n<summary>Hint</summary>\n\nUse a mask.\n</details>"))) == 1
+    assert len(hint_problems(notebook(tiers.format("```python\nx = 1\n```", "No.")))) == 1
+
+
+def points_policy_problems(nb) -> list[str]:
+    """The intro says how points are counted; a micro-run (a graded cell that tests no answer cell of
+    its own part) is worth at most 2 points; the stated total is the sum of the test cells' points."""
+    import re
+
+    intro = nb.cells[0].source
+    problems = [] if "**How points are counted.**" in intro else ["the intro does not say how points are counted"]
+    total = re.search(r"\*\*Points:\*\* (\d+) in total", intro)
+    points = [(c.metadata["nbgrader"]["grade_id"], c.metadata["nbgrader"]["points"])
+              for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    if not total or int(total.group(1)) != sum(p for _, p in points):
+        problems.append(f"the intro's total {total and total.group(1)} is not the cells' {sum(p for _, p in points)}")
+    has_answer = False
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "markdown" and cell.source.lstrip().startswith("## Part"):
+            has_answer = False
+        has_answer |= bool(meta.get("solution"))
+        if meta.get("grade") and not has_answer and meta["points"] > 2:
+            problems.append(f"micro-run {meta['grade_id']} is worth {meta['points']} > 2 points")
+    return problems
+
+
+@pytest.mark.parametrize("assignment,notebook", PAIRS)
+def test_points_policy_is_stated_and_micro_runs_stay_small(assignment, notebook):
+    nb = nbformat.read(SOLUTIONS / assignment / f"{notebook}.ipynb", as_version=4)
+    assert not points_policy_problems(nb), points_policy_problems(nb)
+
+
+def test_the_points_policy_check_can_fail():
+    nb = nbformat.read(SOLUTIONS / "capstone/capstone.ipynb", as_version=4)
+    assert points_policy_problems(nb) == []
+    micro = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "test_sft_microrun")
+    micro.metadata["nbgrader"]["points"] = 4
+    assert points_policy_problems(nb) == ["the intro's total 15 is not the cells' 17",
+                                          "micro-run test_sft_microrun is worth 4 > 2 points"]
+    nb.cells[0].source = nb.cells[0].source.replace("**How points are counted.**", "")
+    assert "the intro does not say how points are counted" in points_policy_problems(nb)

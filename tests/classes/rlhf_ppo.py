@@ -28,6 +28,8 @@ WRONG = {
                              "rewards += scores[:, None] * mask", "score added on every real token"),
     "rew_plus_kl": (REW, "np.where(mask > 0, -kl_coef * kl, 0.0)", "np.where(mask > 0, kl_coef * kl, 0.0)",
                     "+β·KL: rewards drifting away from the reference"),
+    "rew_mask_multiply": (REW, "np.where(mask > 0, -kl_coef * kl, 0.0)", "-kl_coef * kl * mask",
+                          "padding removed by multiplying with the mask: NaN/inf padding gives NaN (nan · 0)"),
     "rew_score_overwrites": (REW, "rewards[np.arange(len(last)), last] += scores",
                              "rewards[np.arange(len(last)), last] = scores",
                              "the score replaces the last token's KL penalty instead of adding to it"),
@@ -47,6 +49,8 @@ WRONG = {
     "mean_divide_by_size": (MEAN, "/ np.sum(mask))", "/ mask.size)", "masked sum divided by the number of entries"),
     "mean_sum": (MEAN, "float(np.sum(np.where(mask > 0, x, 0.0)) / np.sum(mask))",
                  "float(np.sum(np.where(mask > 0, x, 0.0)))", "masked sum, not mean"),
+    "mean_mask_multiply": (MEAN, "np.sum(np.where(mask > 0, x, 0.0))", "np.sum(x * mask)",
+                           "padding removed by multiplying with the mask: NaN/inf padding gives NaN"),
     "mean_per_row": (MEAN, "/ np.sum(mask))", "/ mask.shape[0])", "sum per sequence averaged over rows"),
     # masked_whiten
     "whiten_sample_var": (WHITEN, "var = masked_mean((x - mean) ** 2, mask)",
@@ -66,5 +70,10 @@ WRONG = {
     "logp_no_log_softmax": (LOGP, "torch.log_softmax(logits, dim=-1)", "logits", "raw logits gathered, never normalised"),
     "logp_wrong_tokens": (LOGP, "response.unsqueeze(-1)", "input_ids[:, context_length - 1 : -1].unsqueeze(-1)",
                           "gathers the previous token instead of the response token"),
+    "logp_softmax_log": (LOGP, "torch.log_softmax(logits, dim=-1)", "torch.softmax(logits, dim=-1).log()",
+                         "log of softmax: NaN gradients where a probability is 0 (the pad's −inf logit)"),
+    "logp_temperature_after": (LOGP, "logits = logits[:, context_length - 1 : -1] / temperature                # (B, R, V): token t predicted at ctx-1+t\n    log_probs = torch.log_softmax(logits, dim=-1)",
+                               "logits = logits[:, context_length - 1 : -1]\n    log_probs = torch.log_softmax(logits, dim=-1) / temperature",
+                               "temperature applied after log_softmax"),
     "logp_times_temperature": (LOGP, "/ temperature", "* temperature", "logits multiplied by the temperature"),
 }
