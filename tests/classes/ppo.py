@@ -43,6 +43,8 @@ WRONG = {
     "gae_forward": (GAE, "for t in reversed(range(T)):", "for t in range(T):", "forward instead of backward recursion"),
     "gae_returns_are_advantages": (GAE, "returns = advantages + values", "returns = advantages + 0 * values",
                                    "returns without + values"),
+    "gae_next_done": (GAE, "nonterminal = 1.0 - dones[t]", "nonterminal = 1.0 - (dones[t + 1] if t < T - 1 else 0.0)",
+                      "CleanRL's dones[t+1] convention applied to this notebook's dones[t] = episode ended at t"),
     "gae_swapped": (GAE, "gamma * lam * nonterminal * lastgaelam", "lam * lam * nonterminal * lastgaelam",
                     "λ in place of γ in the recursion"),
     # categorical_entropy
