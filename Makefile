@@ -4,10 +4,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv models book test release validate browser clean
+.PHONY: help venv models book serve notebooks test release validate browser clean
 
 help:
 	@echo "make book      build the book into _build/html (warnings are errors)"
+	@echo "make serve     serve the built book at http://127.0.0.1:8000/ (PORT=... to change)"
+	@echo "make notebooks regenerate the chapter notebooks the launch buttons open (book/**/<page>.ipynb)"
 	@echo "make test      run the whole test suite (installs everything it needs)"
 	@echo "make release   regenerate exercises/ from solutions/"
 	@echo "make validate  solutions pass every test, released stubs fail every test"
@@ -30,6 +32,18 @@ models: $(STAMP)
 
 book: $(STAMP) models
 	$(VENV)/bin/jupyter-book build . -W --keep-going --all
+
+# The book as readers get it from a web server (GitHub Pages): Python's own http.server, nothing installed.
+PORT ?= 8000
+serve:
+	@test -f _build/html/index.html || { echo "error: no book in _build/html: run 'make book' first"; exit 1; }
+	@echo "serving _build/html at http://127.0.0.1:$(PORT)/ (Ctrl-C stops)"
+	$(PYTHON) -m http.server $(PORT) --bind 127.0.0.1 --directory _build/html
+
+# Binder and Colab open book/**/<page>.ipynb, generated from each MyST page with a Colab setup cell
+# (repository.url in _config.yml). Commit them with the page; `make test` fails when one is out of date.
+notebooks: $(STAMP)
+	$(PY) -m autograder notebooks
 
 release: $(STAMP)
 	$(PY) -m autograder release

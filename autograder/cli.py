@@ -3,6 +3,7 @@
     python -m autograder release                 # solutions/ -> exercises/ (nbgrader generate_assignment)
     python -m autograder validate                # solutions pass every test, stubs fail every test
     python -m autograder grade SUBMISSIONS_DIR   # nbgrader autograde + feedback + grades.csv
+    python -m autograder notebooks [--check]     # book/**/<page>.md -> the .ipynb its launch buttons open
 """
 import argparse
 import logging
@@ -14,7 +15,10 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import nbformat
+
 from autograder.course import EXERCISES, REPO, SOLUTIONS, ConfigNotLoaded, assignments, load_config, notebooks
+from autograder.launch import add_setup_cell, write_chapter_notebooks
 
 
 def _api(config):
@@ -46,7 +50,23 @@ def release(only: list[str] | None = None, solutions: Path = SOLUTIONS, exercise
                 print(f"error: nbgrader generate_assignment {name} failed (wrote {made or 'nothing'}):\n"
                       f"{result.get('log') or result.get('error')}", file=sys.stderr)
                 return 1
+            for path in (exercises / name).glob("*.ipynb"):
+                # The Colab setup cell (autograder/launch.py), filled in from _config.yml's repository.url.
+                nbformat.write(add_setup_cell(nbformat.read(path, as_version=4)), path)
             print(f"released {name}: {', '.join(made)} -> {exercises / name}/")
+    return 0
+
+
+def chapter_notebooks(check: bool = False) -> int:
+    """Regenerate (or, with check, verify) the .ipynb of every chapter page from its MyST source."""
+    changed = write_chapter_notebooks(check=check)
+    for path in changed:
+        print(f"{'out of date' if check else 'wrote'}: {path.relative_to(REPO)}")
+    if check and changed:
+        print("error: chapter notebooks out of date: run `python -m autograder notebooks`", file=sys.stderr)
+        return 1
+    if not changed:
+        print("chapter notebooks up to date")
     return 0
 
 
@@ -109,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("validate", help="solutions pass all tests, released stubs fail all tests")
     p.add_argument("assignments", nargs="*", help="assignment names (default: all)")
     p.add_argument("--jobs", type=int, default=None, help="notebooks run at once (default: min(2, cores))")
+    p = sub.add_parser("notebooks", help="write book/**/<page>.ipynb, the notebooks the chapters' launch buttons open")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if any notebook is out of date")
     p = sub.add_parser("grade", help="autograde a folder of submissions with nbgrader")
     p.add_argument("submissions", type=Path, help="folder holding <student_id>/<assignment>/<notebook>.ipynb")
     p.add_argument("--out", type=Path, default=Path("grades.csv"), help="CSV of grades (default: grades.csv)")
@@ -127,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "release":
             return release(args.assignments)
+        if args.command == "notebooks":
+            return chapter_notebooks(check=args.check)
         if args.command == "validate":
             if args.jobs is not None and args.jobs < 1:
                 print(f"error: --jobs must be at least 1, not {args.jobs}", file=sys.stderr)

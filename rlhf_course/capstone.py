@@ -832,15 +832,17 @@ def plot_run(out) -> list[Path]:
     panels = [("objective/scores", "proxy reward of the rollouts"), ("objective/gold_scores", "gold reward of the rollouts"),
               ("objective/kl", "KL(π‖π_ref), nats / response"), ("objective/kl_coef", "β"),
               ("policy/approxkl_avg", "approx KL per update"), ("policy/clipfrac_avg", "clip fraction")]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6))
+    # Two panels a row, 7 in wide (the book's column): text keeps its size wherever it is shown.
+    fig, axes = plt.subplots(3, 2, figsize=(7, 7.5), sharex=True)
     for ax, (key, title) in zip(axes.flat, panels):
         ax.plot(it, [m[key] for m in metrics], color=PALETTE["blue"], lw=1.5)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title)
+    for ax in axes[-1]:
         ax.set_xlabel("PPO iteration")
     fig.suptitle(f"PPO against the learned reward ({summary['preset']} preset, seed {summary['seed']})")
     fig.tight_layout()
     paths = [out / "training_curves.png"]
-    fig.savefig(paths[0], dpi=120)
+    fig.savefig(paths[0])  # savefig.dpi of the course style: 200, a 2x PNG
     plt.close(fig)
 
     evals = [before] + [m for m in metrics if "eval/gold_reward" in m]
@@ -855,10 +857,10 @@ def plot_run(out) -> list[Path]:
     ax.set_xlabel("√KL(π‖π_SFT)  (√nats)")
     ax.set_ylabel("mean reward on held-out prompts")
     ax.set_title("Proxy (optimised) and gold (wanted) reward against KL")
-    ax.legend(fontsize=9)
+    ax.legend()
     fig.tight_layout()
     paths.append(out / "rewards_vs_kl.png")
-    fig.savefig(paths[1], dpi=120)
+    fig.savefig(paths[1])
     plt.close(fig)
     return paths
 

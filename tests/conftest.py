@@ -60,7 +60,7 @@ def wait_background(name: str, timeout: float = 900) -> tuple[Path, str]:
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: start only what the selected tests need
 def pytest_collection_modifyitems(session, config, items):
-    book_items = [item for item in items if item.module.__name__ == "test_book"]
+    book_items = [item for item in items if item.module.__name__ in ("test_book", "test_book_browser")]
     cpu_items = [item for item in items if "cpu_run" in getattr(item, "fixturenames", ())]
     items[:] = [item for item in items if item not in book_items and item not in cpu_items] + cpu_items + book_items
     if cpu_items:
