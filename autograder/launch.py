@@ -109,8 +109,8 @@ def add_setup_cell(nb: nbformat.NotebookNode, workdir: str | None = None, repo: 
 
 
 # -------------------------------------------------------------------------------------- chapter notebooks
-def chapter_pages(toc: Path = TOC) -> list[Path]:
-    """The MyST pages of the table of contents that are notebooks (a kernelspec): they get launch buttons."""
+def toc_docnames(toc: Path = TOC) -> list[str]:
+    """Every page of the table of contents, in book order, as written there ("book/ppo/gae", the root first)."""
     files = []
 
     def walk(node):
@@ -125,7 +125,12 @@ def chapter_pages(toc: Path = TOC) -> list[Path]:
                 walk(item)
 
     walk(yaml.safe_load(Path(toc).read_text()))
-    pages = [REPO / (f if f.endswith(".md") else f + ".md") for f in files]
+    return files
+
+
+def chapter_pages(toc: Path = TOC) -> list[Path]:
+    """The MyST pages of the table of contents that are notebooks (a kernelspec): they get launch buttons."""
+    pages = [REPO / (f if f.endswith(".md") else f + ".md") for f in toc_docnames(toc)]
     return [p for p in pages if p.is_file() and re.search(r"^kernelspec:", _front_matter(p.read_text()), re.M)]
 
 

@@ -70,14 +70,21 @@ def pytest_collection_modifyitems(session, config, items):
                                            "--seed", "0", "--out", out / "run", "--quiet", "--json",
                                            *(["--answers", answers] if answers else [])], out, nice=10)
     if book_items:
-        out = Path(tempfile.mkdtemp(prefix="rlhf-book-"))
-        jupyter_book = Path(sys.executable).parent / "jupyter-book"
-        _start_background("book", [jupyter_book, "build", REPO, "-W", "--keep-going", "--all", "--path-output",
-                                   out], out)
+        start_book_build()
+
+
+def start_book_build() -> None:
+    """Build the book from scratch (warnings are errors) in the background, outside the repository's _build/."""
+    out = Path(tempfile.mkdtemp(prefix="rlhf-book-"))
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    _start_background("book", [jupyter_book, "build", REPO, "-W", "--keep-going", "--all", "--path-output", out],
+                      out)
 
 
 def built_book(timeout: float = 900) -> Path:
-    """Wait for the background build started at collection; return its _build/html folder."""
+    """Wait for the background build started at collection (or start it now); return its _build/html folder."""
+    if "book" not in _BACKGROUND:       # a test file run on its own, outside the collection hook's order
+        start_book_build()
     out, _ = wait_background("book", timeout)
     return out / "_build" / "html"
 

@@ -3,30 +3,16 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from autograder import SOLUTIONS, assignments, notebooks
+from autograder.launch import toc_docnames
 from conftest import REPO, built_book
 from notebook_text import hidden_test_lines, leaked, secret_lines
 
 
 def _toc_pages() -> list[str]:
     """Every page the table of contents lists, as built HTML paths ("book/x.html")."""
-    pages = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            for key in ("root", "file"):
-                if isinstance(node.get(key), str):
-                    pages.append(node[key].removesuffix(".md").removesuffix(".ipynb") + ".html")
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(yaml.safe_load((REPO / "_toc.yml").read_text()))
-    return pages
+    return [f.removesuffix(".md").removesuffix(".ipynb") + ".html" for f in toc_docnames()]
 
 
 PAGES = _toc_pages()

@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 
+from autograder.launch import toc_docnames
 from browser import SITE, Browser, BrowserError
-from conftest import REPO
+from conftest import REPO, built_book
 
 AXE = REPO / "tests" / "vendor" / "axe-core" / "axe.min.js"
 WIDTHS = (1280, 375)
@@ -62,21 +62,7 @@ KNOWN: dict[tuple[str, str, str], str] = {}
 
 def _toc_pages() -> list[str]:
     """Every page of _toc.yml as a built HTML path ("book/x.html")."""
-    pages = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            for key in ("root", "file"):
-                if isinstance(node.get(key), str):
-                    pages.append(node[key].removesuffix(".md").removesuffix(".ipynb") + ".html")
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(yaml.safe_load((REPO / "_toc.yml").read_text()))
-    return pages
+    return [f.removesuffix(".md").removesuffix(".ipynb") + ".html" for f in toc_docnames()]
 
 
 PAGES = _toc_pages()
@@ -608,14 +594,7 @@ def _built_html() -> Path:
     conftest starts in the background at collection."""
     if os.environ.get("BOOK_HTML"):
         return Path(os.environ["BOOK_HTML"]).resolve()
-    import conftest
-    if "book" not in conftest._BACKGROUND:
-        import sys
-        import tempfile
-        out = Path(tempfile.mkdtemp(prefix="rlhf-book-"))
-        conftest._start_background("book", [Path(sys.executable).parent / "jupyter-book", "build", REPO, "-W",
-                                            "--keep-going", "--all", "--path-output", out], out)
-    return conftest.built_book()
+    return built_book()
 
 
 @pytest.fixture(scope="module")

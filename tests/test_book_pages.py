@@ -12,6 +12,7 @@ import pybtex.database
 import pytest
 import yaml
 
+from autograder.launch import toc_docnames
 from conftest import REPO
 
 BOOK = REPO / "book"
@@ -26,22 +27,7 @@ PENDING_TIMINGS: dict[str, str] = {}       # page -> why it still has build-mach
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _toc_files(toc: dict) -> list[str]:
-    files = [toc["root"]]
-
-    def walk(entries):
-        for entry in entries:
-            if "file" in entry:
-                files.append(entry["file"])
-            walk(entry.get("sections", []))
-
-    for part in toc.get("parts", []):
-        walk(part.get("chapters", []))
-    walk(toc.get("chapters", []))
-    return files
-
-
-BOOK_PAGES = [f for f in _toc_files(TOC) if f.startswith("book/")]
+BOOK_PAGES = [f for f in toc_docnames() if f.startswith("book/")]
 CHAPTER_PAGES = [f + ".md" for f in BOOK_PAGES if f != TOC["root"] and f not in REFERENCE_PAGES]
 
 
@@ -196,7 +182,7 @@ def test_the_citation_check_can_fail():
 
 # ------------------------------------------------------------------------- landing and reference pages (9)
 def test_landing_references_notation_and_glossary_are_in_the_sidebar():
-    files = _toc_files(TOC)
+    files = toc_docnames()
     assert TOC["root"] == "book/intro"
     for page in REFERENCE_PAGES:
         assert page in files, f"{page} is not in _toc.yml"

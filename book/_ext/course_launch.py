@@ -17,9 +17,9 @@ import re
 from sphinx.util import logging
 
 from autograder.launch import launch_target_problem, repository
+from rlhf_course.explorer import STATIC_BOOK_ENV
 
 LOGGER = logging.getLogger(__name__)
-STATIC_BOOK_ENV = "RLHF_COURSE_STATIC_BOOK"   # read by rlhf_course.explorer
 
 
 def _exclude_generated_notebooks(app, config):
