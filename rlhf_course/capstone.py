@@ -77,7 +77,8 @@ class CapstoneConfig:
     device: str = "cpu"
     """"cpu", "cuda" or "auto"; the PPO config's device and bf16 follow these two"""
     bf16: bool = False
-    """bf16 autocast on CUDA (fp32 master weights)"""
+    """bf16 autocast on the run's device, fp32 master weights (a GPU's tensor cores; on a CPU only
+    worth it where it has bf16 matrix instructions, AVX512-BF16 or AMX)"""
     threads: int = 1
     """torch CPU threads (1 suits the tiny model; 2 suits GPT-2-sized matrices on 2 cores)"""
     # 1. SFT
@@ -265,7 +266,7 @@ def sft_stage(cfg: CapstoneConfig, model: nn.Module, tokenizer, sft_loss: Callab
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0, fused=True)
     gen = torch.Generator().manual_seed(cfg.seed)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
     def loss_on(rows):
         T = int(attn[rows].sum(1).max())                        # trim the batch to its longest row
@@ -397,7 +398,7 @@ def evaluate_policy(cfg: CapstoneConfig, policy, ref_policy, reward_model, token
     device = next(policy.parameters()).device
     prompts = list(prompts if prompts is not None else eval_prompts(cfg)) * n_samples
     T, pad = cfg.ppo.temperature, tokenizer.pad_token_id
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     rows = {k: [] for k in ("gold", "proxy", "kl", "length", "eos", "distinct")}
     texts = []
     for i in range(0, len(prompts), 256):
@@ -893,7 +894,7 @@ def bench(args) -> dict:
     rm = answers["RewardModel"](use_fast_kernels(GPT2LMHeadModel(config).transformer)).eval().requires_grad_(False)
     cfg = RLHFConfig(batch_size=args.batch_size, response_length=args.response_length, temperature=0.7,
                      num_ppo_epochs=args.ppo_epochs, num_minibatches=args.minibatches, stop_at_eos=False,
-                     torch_threads=args.threads, rollout_logprobs=args.rollout_logprobs)
+                     torch_threads=args.threads, rollout_logprobs=args.rollout_logprobs, bf16=args.bf16)
     state = make_rlhf_state(cfg, FixedKLController(0.05), policy=policy, tokenizer=_IdTokenizer(args.vocab),
                             description="random-init GPT-2")
     gen = torch.Generator().manual_seed(1)
@@ -921,6 +922,7 @@ def bench(args) -> dict:
     return {"trainer": "rlhf_course", "s_per_iter_median": s, "s_per_iter_all": times,
             "tokens_per_s": args.batch_size * args.response_length / s, "flops_per_iter": flops,
             "achieved_gflops": flops / s / 1e9, "threads": args.threads, "phases": phases,
+            "precision": "bf16 autocast" if args.bf16 else "fp32", "rollout_logprobs": args.rollout_logprobs,
             "shape": {k: getattr(args, k) for k in ("n_layer", "n_embd", "n_head", "vocab", "batch_size",
                                                    "prompt_length", "response_length", "ppo_epochs", "minibatches")}}
 
@@ -1086,6 +1088,8 @@ def _bench_main(argv: list[str]) -> int:
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--rollout-logprobs", choices=["sampling", "forward"], default="sampling")
     p.add_argument("--answers", type=Path, default=None)
+    p.add_argument("--bf16", action="store_true",
+                   help="forward passes under bf16 autocast (fp32 weights, gradients and Adam), as TRL's bf16=True")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     try:

@@ -103,7 +103,8 @@ class RLHFConfig:
     device: str = "cpu"
     """"cpu", "cuda" (one GPU; under torchrun the process's own) or "auto" (cuda if available)"""
     bf16: bool = False
-    """bf16 autocast for every forward pass on CUDA; weights, optimizer and losses stay fp32"""
+    """bf16 autocast for every forward pass, on any device (a CPU gains only where it has AVX512-BF16 or
+    AMX); weights, optimizer and losses stay fp32"""
     torch_threads: int = 1
     """torch CPU threads: a 1-2 M parameter model gains little from more"""
 
@@ -363,9 +364,9 @@ def _all_sum(x: float, device) -> float:
 
 
 def _autocast(state: RLHFState, cfg: RLHFConfig):
-    """bf16 autocast on CUDA when asked for, otherwise nothing: the one place precision is chosen."""
+    """bf16 autocast when asked for, otherwise nothing: the one place precision is chosen."""
     return torch.autocast(device_type=state.device.type, dtype=torch.bfloat16,
-                          enabled=cfg.bf16 and state.device.type == "cuda")
+                          enabled=cfg.bf16)
 
 
 def reward_model_scores(reward_model: nn.Module, query_response: torch.Tensor, attention_mask: torch.Tensor,

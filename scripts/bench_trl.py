@@ -35,7 +35,10 @@ SHAPES = {
     "tiny": dict(n_layer=4, n_embd=128, n_head=4, vocab=2048),
     "gpt2-124m": dict(n_layer=12, n_embd=768, n_head=12, vocab=50257),
 }
-TRL_VARIANTS = {"trl": "TRL 1.12 as shipped", "trl-nogc": "TRL 1.12 without gc.collect"}
+TRL_VARIANTS = {"trl": "TRL 1.12 as shipped", "trl-nogc": "TRL 1.12 without gc.collect",
+                "trl-bf16": "TRL 1.12, bf16 autocast"}
+OURS_VARIANTS = {"ours": "ours", "ours-bf16": "ours, bf16 autocast"}
+NAMES = TRL_VARIANTS | OURS_VARIANTS
 
 
 def parse_args(argv=None):
@@ -53,13 +56,14 @@ def parse_args(argv=None):
     p.add_argument("--trl-python", default=str(REPO / ".venv-trl" / "bin" / "python"), help="python of the TRL venv")
     p.add_argument("--ours-cmd", default=f"{shlex.quote(sys.executable)} -m rlhf_course.capstone bench",
                    help="command for our side; the shape/work flags are appended; last stdout line is JSON")
-    p.add_argument("--skip", default="", help="comma-separated trainers not to run: trl, trl-nogc, ours")
+    p.add_argument("--skip", default="", help="comma-separated trainers not to run: " + ", ".join(NAMES))
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per subprocess")
     p.add_argument("--save", type=Path, help="also write the JSON line's object to this file (the book reads "
                    "book/capstone/data/bench_trl.json)")
     # worker mode (internal): run one TRL measurement in this process and print one JSON line
     p.add_argument("--worker", choices=["trl"], help=argparse.SUPPRESS)
     p.add_argument("--no-gc", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.warmup < 1:
@@ -97,15 +101,16 @@ def this_command() -> str:
     return shlex.join([str(python), *sys.argv])
 
 
-def matmul_gflops(threads):
-    """fp32 336×768×3072 throughput on `threads` threads (an (B·(P+R))×E @ E×4E MLP matmul of GPT-2 small at
-    16×21 tokens): the peak the MFU is measured against, by the same function the capstone's bench uses."""
+def matmul_gflops(threads, bf16=False):
+    """fp32 (or bf16) 336×768×3072 throughput on `threads` threads (an (B·(P+R))×E @ E×4E MLP matmul of GPT-2
+    small at 16×21 tokens): the peak the MFU is measured against, by the same function the capstone's bench uses.
+    A bf16 variant is measured against the bf16 peak: on a CPU with AVX512-BF16 or AMX it is 2-3× the fp32 one."""
     import torch
 
     from rlhf_course.capstone import measure_matmul_flops
 
     torch.set_num_threads(threads)
-    return measure_matmul_flops(torch.device("cpu")) / 1e9
+    return measure_matmul_flops(torch.device("cpu"), torch.bfloat16 if bf16 else torch.float32) / 1e9
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -206,7 +211,7 @@ def trl_worker(a):
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out_dir:
         args = PPOConfig(
-            output_dir=out_dir, report_to=[], use_cpu=True, bf16=False, seed=a.seed,
+            output_dir=out_dir, report_to=[], use_cpu=True, bf16=a.bf16, seed=a.seed,
             per_device_train_batch_size=B, gradient_accumulation_steps=1, num_mini_batches=1,
             local_rollout_forward_batch_size=B, num_ppo_epochs=a.ppo_epochs, response_length=R,
             temperature=a.temperature, stop_token=None, missing_eos_penalty=None,
@@ -233,6 +238,7 @@ def trl_worker(a):
         eos_ids_sampled_before_last=sum(r["eos_before_last"] for r in gen_log),
         gc_collect_calls=len(gc_seconds), gc_collect_s_per_call_median=statistics.median(gc_seconds or [0.0]),
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, gc_collect_patched=a.no_gc,
+        bf16=a.bf16, mixed_precision=str(trainer.accelerator.mixed_precision),
         threads=torch.get_num_threads(), torch=torch.__version__, trl=version("trl"),
         transformers=version("transformers"), peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     )))
@@ -266,11 +272,11 @@ def run_json(cmd, env, timeout, log_path):
 
 def fmt_row(shape, name, r):
     if "error" in r:
-        return f"| {shape} | {name} | failed | | | | | |"
+        return f"| {shape} | {name} | failed | | | | | | |"
     ratio = lambda key: f"{r[key]:.2f}×" if r.get(key) else "–"
     return (f"| {shape} | {name} | {r['s_per_iter_median']:.3f} | {r['tokens_per_s']:.0f} | "
             f"{r['flops_per_iter'] / 1e9:.1f} | {100 * r['mfu']:.1f} % | {ratio('speedup_vs_trl')} | "
-            f"{ratio('speedup_vs_trl_nogc')} |")
+            f"{ratio('speedup_vs_trl_nogc')} | {ratio('speedup_vs_trl_bf16')} |")
 
 
 def main(a):
@@ -289,7 +295,7 @@ def main(a):
           f"T={a.temperature} (no early stop), {a.ppo_epochs} PPO epochs × 1 minibatch, "
           f"{a.warmup} warm-up + {a.iters} timed iterations, median reported", flush=True)
 
-    peak_before = matmul_gflops(a.threads)
+    peak_before, peak16_before = matmul_gflops(a.threads), matmul_gflops(a.threads, bf16=True)
     env = os.environ | dict(OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads), HF_HUB_OFFLINE="1",
                             HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1",
                             TOKENIZERS_PARALLELISM="false")
@@ -304,16 +310,20 @@ def main(a):
         for variant in [v for v in TRL_VARIANTS if v not in skip]:
             print(f"[{shape}] {TRL_VARIANTS[variant]} ...", file=sys.stderr, flush=True)
             cmd = [a.trl_python, __file__, "--worker", "trl", "--shape", shape, "--seed", a.seed,
-                   "--temperature", a.temperature, *work, *(["--no-gc"] if variant == "trl-nogc" else [])]
+                   "--temperature", a.temperature, *work, *(["--no-gc"] if variant == "trl-nogc" else []),
+                   *(["--bf16"] if variant == "trl-bf16" else [])]
             res, err = run_json(list(map(str, cmd)), env, a.timeout, log_dir / f"{shape}-{variant}.log")
             res = res if res is not None else {"error": err}
             res["flops_per_iter"] = trl_flops_per_iter(B, P, R, a.ppo_epochs, s["n_layer"], s["n_embd"], s["vocab"])
             raw.append((shape, variant, res))
-        if "ours" not in skip:
-            print(f"[{shape}] ours ...", file=sys.stderr, flush=True)
+        for variant in [v for v in OURS_VARIANTS if v not in skip]:
+            print(f"[{shape}] {OURS_VARIANTS[variant]} ...", file=sys.stderr, flush=True)
+            # bf16: the same autocast TRL's bf16=True gives (accelerate's torch.autocast on the CPU); log π_old
+            # from the sampler's logits, as TRL's (rollout_logprobs="sampling", our default)
             cmd = [*shlex.split(a.ours_cmd), "--n-layer", s["n_layer"], "--n-embd", s["n_embd"], "--n-head",
-                   s["n_head"], "--vocab", s["vocab"], *work[:8], "--minibatches", 1, *work[8:], "--json"]
-            res, err = run_json(list(map(str, cmd)), env, a.timeout, log_dir / f"{shape}-ours.log")
+                   s["n_head"], "--vocab", s["vocab"], *work[:8], "--minibatches", 1, *work[8:], "--json",
+                   *(["--bf16"] if variant == "ours-bf16" else [])]
+            res, err = run_json(list(map(str, cmd)), env, a.timeout, log_dir / f"{shape}-{variant}.log")
             if res is None:
                 res = {"error": err}
             elif "flops_per_iter" in res:
@@ -323,9 +333,10 @@ def main(a):
 
                 res["flops_source"] = "rlhf_course.capstone.iteration_flops"
                 res["flops_per_iter"] = iteration_flops(s["n_layer"], s["n_embd"], s["vocab"], B, P, R, a.ppo_epochs)
-            raw.append((shape, "ours", res))
-    peak_after = matmul_gflops(a.threads)
+            raw.append((shape, variant, res))
+    peak_after, peak16_after = matmul_gflops(a.threads), matmul_gflops(a.threads, bf16=True)
     peak = max(peak_before, peak_after)  # the machine's best: a busy core lowers it, nothing raises it
+    peak16 = max(peak16_before, peak16_after)
 
     # Derived columns. tokens/s = B·R sampled tokens per second for every row, whatever a trainer reports itself.
     results = []
@@ -336,25 +347,29 @@ def main(a):
             per_iter = r.get("s_per_iter") or r.get("s_per_iter_all")
             if "s_per_iter_min" not in r and isinstance(per_iter, list) and per_iter:
                 entry["s_per_iter_min"] = min(per_iter)
-            if trainer == "ours" and "tokens_per_s" in r:
+            if trainer.startswith("ours") and "tokens_per_s" in r:
                 entry["tokens_per_s_reported"] = r["tokens_per_s"]
             entry["tokens_per_s"] = B * R / r["s_per_iter_median"]
-            entry["mfu"] = r["flops_per_iter"] / r["s_per_iter_median"] / (peak * 1e9)
-            for key, base in (("speedup_vs_trl", "trl"), ("speedup_vs_trl_nogc", "trl-nogc")):
+            entry["precision"] = "bf16 autocast" if trainer.endswith("bf16") else "fp32"
+            entry["mfu"] = r["flops_per_iter"] / r["s_per_iter_median"] / (
+                (peak16 if trainer.endswith("bf16") else peak) * 1e9)     # against its own precision's peak
+            for key, base in (("speedup_vs_trl", "trl"), ("speedup_vs_trl_nogc", "trl-nogc"),
+                              ("speedup_vs_trl_bf16", "trl-bf16")):
                 ref = next((x for sh, t, x in raw if sh == shape and t == base and "error" not in x), None)
                 entry[key] = ref["s_per_iter_median"] / r["s_per_iter_median"] if ref else None
         results.append(entry)
 
     print()
     print("| shape | trainer | s/iter (median) | tokens/s | GFLOP/iter | MFU | ratio vs TRL as shipped "
-          "| ratio vs TRL without gc.collect |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+          "| ratio vs TRL without gc.collect | ratio vs TRL bf16 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for e in results:
-        print(fmt_row(e["shape"], TRL_VARIANTS.get(e["trainer"], "ours"), e))
+        print(fmt_row(e["shape"], NAMES[e["trainer"]], e))
     print()
     print(f"tokens/s = {B}×{R} sampled tokens per second; ratio = TRL's s/iter ÷ this row's (> 1: faster than TRL); "
           f"MFU against {peak:.0f} GFLOP/s, fp32 336×768×3072 matmul on {a.threads} threads "
-          f"(measured {peak_before:.0f} before and {peak_after:.0f} after the trainers).")
+          f"(measured {peak_before:.0f} before and {peak_after:.0f} after the trainers); bf16 rows against "
+          f"{peak16:.0f} GFLOP/s, the same product in bf16 ({peak16_before:.0f} before, {peak16_after:.0f} after).")
     for e in results:
         if e["trainer"] == "trl" and e.get("gc_collect_calls"):
             print(f"{e['shape']}: as shipped, TRL's two gc.collect() calls take 2 × "
@@ -366,13 +381,14 @@ def main(a):
               "least-disturbed iteration.")
     for e in results:
         if "error" in e:
-            who = TRL_VARIANTS.get(e["trainer"], f"our side ({a.ours_cmd})")
+            who = TRL_VARIANTS.get(e["trainer"], f"our side ({a.ours_cmd}), {e['trainer']}")
             print(f"FAILED: {e['shape']}: {who} failed: {e['error']}")
         elif "tokens_per_s_reported" in e and abs(e["tokens_per_s_reported"] / e["tokens_per_s"] - 1) > 0.01:
             print(f"note: {e['shape']} ours reports tokens_per_s={e['tokens_per_s_reported']:.0f} "
                   f"(another definition than the table's B·R/s)")
     record = dict(bench="trl-vs-ours", matmul_gflops=peak, matmul_gflops_before=peak_before,
-                  matmul_gflops_after=peak_after, threads=a.threads, batch_size=B, prompt_length=P,
+                  matmul_gflops_after=peak_after, matmul_gflops_bf16=peak16,
+                  matmul_gflops_bf16_before=peak16_before, matmul_gflops_bf16_after=peak16_after, threads=a.threads, batch_size=B, prompt_length=P,
                   response_length=R, ppo_epochs=a.ppo_epochs, iters=a.iters, warmup=a.warmup,
                   temperature=a.temperature, torch=torch.__version__, trl_venv=trl_versions,
                   command=this_command(), results=results)

@@ -343,3 +343,12 @@ def test_bench_prints_one_json_line_with_its_phases():
     assert set(line["phases"]) == {"generation", "scores_and_logprobs", "advantages", "ppo_update"}
     assert sum(p["flops"] for p in line["phases"].values()) == pytest.approx(line["flops_per_iter"])
     assert all(p["s_median"] > 0 for p in line["phases"].values())
+    assert line["precision"] == "fp32"
+
+
+def test_bench_runs_under_bf16_autocast_on_a_cpu():
+    proc = capstone("bench", "--n-layer", 2, "--n-embd", 64, "--n-head", 2, "--vocab", 300, "--iters", 1,
+                    "--warmup", 1, "--bf16", "--json", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert line["precision"] == "bf16 autocast" and line["s_per_iter_median"] > 0

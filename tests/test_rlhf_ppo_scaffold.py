@@ -90,6 +90,22 @@ def test_second_iteration_sees_a_positive_kl(one_iteration):
     assert metrics["episode"] == 2 * cfg.batch_size and len(state.history) == 2
 
 
+def test_bf16_autocast_runs_on_a_cpu():
+    """bf16=True is autocast on whatever device the loop runs on (TRL's bf16=True does the same through
+    accelerate). Its logits differ from fp32's by bf16 rounding, so the same seed gives other numbers; the
+    sampler's and the training pass's logits still agree, in either rollout_logprobs mode."""
+    runs = {}
+    for name, kw in {"fp32": {}, "bf16": {"bf16": True},
+                     "bf16-forward": {"bf16": True, "rollout_logprobs": "forward"}}.items():
+        cfg = tiny(**kw)
+        runs[name] = ppo_rlhf_iteration(make_rlhf_state(cfg), cfg, **FNS)
+        assert runs[name]["sanity/first_ratio_max_dev"] < 1e-4, name
+        assert np.isfinite(runs[name]["loss/policy_avg"]) and runs[name]["objective/kl"] == pytest.approx(0, abs=1e-5)
+    assert abs(runs["bf16"]["policy/entropy_avg"] - runs["fp32"]["policy/entropy_avg"]) > 1e-4, \
+        "bf16=True computed exactly what fp32 does: was autocast applied?"
+    assert runs["bf16-forward"]["policy/entropy_avg"] == pytest.approx(runs["bf16"]["policy/entropy_avg"], rel=1e-3)
+
+
 def test_value_head_starts_at_zero():
     head = make_value_head(16)
     assert torch.equal(head(torch.randn(3, 16)), torch.zeros(3, 1))
