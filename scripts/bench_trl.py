@@ -222,6 +222,8 @@ def trl_worker(a):
         trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref_policy,
                              reward_model=reward_model, value_model=value_model, train_dataset=dataset,
                              callbacks=[timer])
+        assert str(trainer.accelerator.mixed_precision) == ("bf16" if a.bf16 else "no"), \
+            f"asked for bf16={a.bf16}, accelerate runs {trainer.accelerator.mixed_precision}"
         trainer.train()
 
     intervals = [t1 - t0 for t0, t1 in zip(timer.stamps, timer.stamps[1:])]
@@ -312,7 +314,10 @@ def main(a):
             cmd = [a.trl_python, __file__, "--worker", "trl", "--shape", shape, "--seed", a.seed,
                    "--temperature", a.temperature, *work, *(["--no-gc"] if variant == "trl-nogc" else []),
                    *(["--bf16"] if variant == "trl-bf16" else [])]
-            res, err = run_json(list(map(str, cmd)), env, a.timeout, log_dir / f"{shape}-{variant}.log")
+            # TRL 1.12's PPOTrainer builds its own Accelerator(gradient_accumulation_steps=...) and so ignores
+            # PPOConfig(bf16=True); accelerate reads the precision from this variable instead
+            variant_env = env | ({"ACCELERATE_MIXED_PRECISION": "bf16"} if variant == "trl-bf16" else {})
+            res, err = run_json(list(map(str, cmd)), variant_env, a.timeout, log_dir / f"{shape}-{variant}.log")
             res = res if res is not None else {"error": err}
             res["flops_per_iter"] = trl_flops_per_iter(B, P, R, a.ppo_epochs, s["n_layer"], s["n_embd"], s["vocab"])
             raw.append((shape, variant, res))
