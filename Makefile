@@ -4,10 +4,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv models book serve notebooks test release validate browser clean
+.PHONY: help venv models book pdf serve notebooks test release validate browser sandbox clean
 
 help:
 	@echo "make book      build the book into _build/html (warnings are errors)"
+	@echo "make pdf       the whole book as one PDF, rlhf-from-first-principles.pdf (offline, ≈ 6 min)"
 	@echo "make serve     serve the built book at http://127.0.0.1:8000/ (PORT=... to change)"
 	@echo "make notebooks regenerate the chapter notebooks the launch buttons open (book/**/<page>.ipynb)"
 	@echo "make test      run the whole test suite (installs everything it needs)"
@@ -32,6 +33,17 @@ models: $(STAMP)
 
 book: $(STAMP) models
 	$(VENV)/bin/jupyter-book build . -W --keep-going --all
+
+# The whole book as one PDF, offline: every page in one HTML file, printed by headless Chromium with the
+# book's print stylesheet. Jupyter Book 1 writes the single page one folder down (book/intro.html) while its
+# links to figures and styles are relative to the top folder: the copy puts it where they resolve.
+PDF ?= rlhf-from-first-principles.pdf
+pdf: $(STAMP) models browser
+	$(VENV)/bin/jupyter-book build . --builder singlehtml --path-output _build/single
+	cp _build/single/_build/singlehtml/book/intro.html _build/single/_build/singlehtml/book.html
+	chromium --headless --no-sandbox --disable-gpu --virtual-time-budget=120000 \
+	  --print-to-pdf=$(PDF) _build/single/_build/singlehtml/book.html
+	@test -s $(PDF) && echo "wrote $(PDF)"
 
 # The book as readers get it from a web server (GitHub Pages): Python's own http.server, nothing installed.
 PORT ?= 8000
@@ -58,7 +70,14 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || { echo "error: headless Chromium is missing: install Debian's 'chromium' package (needs root)"; exit 1; }
 
-test: $(STAMP) browser models
+# Grading runs each student's kernel in a bubblewrap sandbox (autograder/sandbox.py).
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  echo "installing Debian's bubblewrap for the grading sandbox"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; } \
+	  || { echo "error: bubblewrap is missing: install your distribution's 'bubblewrap' package (needs root)"; exit 1; }
+
+test: $(STAMP) browser sandbox models
 	$(PY) -m pytest
 
 # TRL 1.12 (the last TRL with PPO) in its own venv, so its pins never touch the course's. The CPU torch wheel

@@ -2,7 +2,8 @@
 
     python -m autograder release                 # solutions/ -> exercises/ (nbgrader generate_assignment)
     python -m autograder validate                # solutions pass every test, stubs fail every test
-    python -m autograder grade SUBMISSIONS_DIR   # nbgrader autograde + feedback + grades.csv
+    python -m autograder grade SUBMISSIONS_DIR   # nbgrader autograde (kernels sandboxed) + feedback + grades.csv
+    python -m autograder report grades.csv       # pass rates per test cell, common failures, histograms, LMS CSV
     python -m autograder notebooks [--check]     # book/**/<page>.md -> the .ipynb its launch buttons open
 """
 import argparse
@@ -144,6 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=int, default=None, help="seconds per cell before it is interrupted (default: 60)")
     p.add_argument("--assignment", action="append", dest="only", help="grade only this assignment (repeatable; default: every assignment someone handed in)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="submissions graded at once, each with its own kernel (default: the number of cores)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows an interrupted (or earlier) run already graded, for unchanged submissions")
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="run the students' kernels without the sandbox, with your permissions (not recommended; "
+                        "the CSV says so on every row)")
+    p = sub.add_parser("report", help="pass rates per test cell, common failures, score histograms; LMS CSVs")
+    p.add_argument("grades", type=Path, help="the grades CSV `grade` wrote")
+    p.add_argument("--out-dir", type=Path, default=None, help="where report.md and the PNGs go (default: a "
+                   "'report' folder next to the CSV)")
+    p.add_argument("--course-dir", type=Path, default=None,
+                   help="the --course-dir the class was graded with (default: autograder/course)")
+    p.add_argument("--format", choices=["canvas", "moodle"], default=None,
+                   help="also write grades_<format>.csv in that LMS's grade-import layout")
     args = parser.parse_args(argv)
 
     try:
@@ -156,11 +172,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: --jobs must be at least 1, not {args.jobs}", file=sys.stderr)
                 return 2
             return validate(args.assignments, jobs=args.jobs)
+        if args.command == "report":
+            from autograder.report import main as report_main
+
+            return report_main(args)
         from autograder.grading import GradingError, grade
 
         try:
             grade(args.submissions, out=args.out, feedback_dir=args.feedback_dir, course_dir=args.course_dir,
-                  db=args.db, timeout=args.timeout, only=args.only, progress=not args.quiet)
+                  db=args.db, timeout=args.timeout, only=args.only, progress=not args.quiet,
+                  sandboxed=not args.no_sandbox, resume=args.resume, jobs=args.jobs)
         except GradingError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

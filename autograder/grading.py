@@ -3,8 +3,13 @@
 The submissions folder holds ``<student_id>/<assignment>/<notebook>.ipynb`` (what `nbgrader collect`
 produces, or an unzipped LMS download). Every student × assignment gets a row in the CSV, whatever
 went wrong with their files: one broken submission never stops the class.
+
+nbgrader runs here, in the grader's process; each notebook's kernel, the process that runs the
+student's code, runs in the sandbox of ``autograder.sandbox`` and sees only that submission's files.
 """
+import contextlib
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +22,7 @@ from pathlib import Path
 
 import nbformat
 
+from autograder import sandbox
 from autograder.course import EXERCISES, PACKAGE, SOLUTIONS, assignments, first_line, load_config, notebooks
 
 CSV_FIELDS = ["student_id", "assignment", "score", "max_score", "status", "message"]
@@ -34,6 +40,7 @@ class Row:
     max_score: float = 0.0
     status: str = "ok"          # ok | warning | missing | invalid | error
     notes: list[str] = field(default_factory=list)
+    cells: list[dict] = field(default_factory=list)   # per graded test cell: score and failure (for `report`)
 
     def note(self, status: str, message: str) -> None:
         rank = ["ok", "warning", "missing", "invalid", "error"]
@@ -95,15 +102,62 @@ def _read_notebook(path: Path):
     return nb
 
 
-def _configure(config, course_dir: Path, db: Path, timeout: int | None):
+def _configure(config, course_dir: Path, db: Path, timeout: int | None, sandboxed: bool = True):
     config.CourseDirectory.root = str(course_dir)
     # Hidden tests come from the gradebook, which generate_assignment fills from solutions/.
     config.CourseDirectory.source_directory = str(SOLUTIONS)
     config.CourseDirectory.release_directory = "release"
-    config.CourseDirectory.db_url = f"sqlite:///{db}"
+    # graded in parallel, workers write one gradebook: wait for a busy one (SQLite's lock) up to a minute
+    config.CourseDirectory.db_url = f"sqlite:///{db}?timeout=60"
     if timeout is not None:
         config.Execute.timeout = timeout
+    if sandboxed:
+        from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearMetadataPreprocessor,
+                                            IgnorePattern, LimitOutput, SaveAutoGrades)
+
+        from autograder.kernel import SandboxedExecute
+
+        # nbgrader's own list (nbgrader/converters/autograde.py), with Execute's kernel in the sandbox
+        config.Autograde.autograde_preprocessors = [SandboxedExecute, IgnorePattern, ClearMetadataPreprocessor,
+                                                    LimitOutput, SaveAutoGrades, AssignLatePenalties,
+                                                    CheckCellMetadata]
     return config
+
+
+@contextlib.contextmanager
+def _kernel_environment(sandboxed: bool, limits: sandbox.Limits):
+    """JUPYTER_PATH with the sandbox's kernel spec first, and the limits its launcher reads; undone after."""
+    saved = dict(os.environ)
+    folder = Path(tempfile.mkdtemp(prefix="autograder-kernels-"))
+    try:
+        if sandboxed:
+            sandbox.install_kernelspec(folder / "jupyter")
+            os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(folder / "jupyter"),
+                                                                        os.environ.get("JUPYTER_PATH")]))
+            os.environ.update(sandbox.limits_env(limits))
+        yield folder
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(folder, ignore_errors=True)
+        if sandboxed:
+            sandbox.remove_empty_cgroups()
+
+
+@contextlib.contextmanager
+def _private_runtime_dir(parent: Path):
+    """A fresh JUPYTER_RUNTIME_DIR for one submission's kernels: nothing of another kernel is in it."""
+    folder = Path(tempfile.mkdtemp(prefix="runtime-", dir=parent))
+    old = os.environ.get("JUPYTER_RUNTIME_DIR")
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(folder)
+    try:
+        yield folder
+    finally:
+        if old is None:
+            os.environ.pop("JUPYTER_RUNTIME_DIR", None)
+        else:
+            os.environ["JUPYTER_RUNTIME_DIR"] = old
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _prepare_gradebook(api, db_url: str, names: list[str]) -> dict[str, float]:
@@ -223,9 +277,22 @@ def _summarise_outputs(autograded: Path, row: Row, timeout: int) -> None:
                                 "were interrupted (infinite loop?)")
 
 
-def _record_scores(db_url: str, row: Row) -> None:
+def _failure_messages(autograded: Path) -> dict[tuple[str, str], str]:
+    """(notebook, grade_id) -> "Error: message" of each test cell that raised, from the autograded copies."""
+    out = {}
+    for path in sorted(autograded.glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+            if errors and _nbgrader_meta(cell).get("grade_id"):
+                e = errors[-1]
+                out[path.stem, _nbgrader_meta(cell)["grade_id"]] = first_line(f"{e.get('ename')}: {e.get('evalue')}")[:300]
+    return out
+
+
+def _record_scores(db_url: str, row: Row, autograded: Path | None = None) -> None:
     from nbgrader.api import Gradebook, MissingEntry
 
+    messages = _failure_messages(autograded) if autograded is not None else {}
     with Gradebook(db_url) as gb:
         try:
             submission = gb.find_submission(row.assignment, row.student_id)
@@ -235,8 +302,14 @@ def _record_scores(db_url: str, row: Row) -> None:
         failed = []
         for nb in submission.notebooks:
             for grade in nb.grades:
-                if grade.max_score and (grade.score or 0) < grade.max_score and grade.cell.cell_type == "code":
-                    failed.append(f"{grade.name} ({_fmt(grade.score or 0)}/{_fmt(grade.max_score)})")
+                if not grade.max_score or grade.cell.cell_type != "code":
+                    continue
+                score = float(grade.score or 0)
+                row.cells.append({"notebook": nb.name, "cell": grade.name, "score": score,
+                                  "max_score": float(grade.max_score),
+                                  "message": messages.get((nb.name, grade.name), "") if score < grade.max_score else ""})
+                if score < grade.max_score:
+                    failed.append(f"{grade.name} ({_fmt(score)}/{_fmt(grade.max_score)})")
         if failed:
             row.notes.append("lost points in " + ", ".join(failed))
 
@@ -314,7 +387,7 @@ def _grade_one(api, config, submissions: Path, course_dir: Path, feedback_dir: P
             return
         row.notes.append(f"graded on the second attempt (the first failed: {first_error})")
     _summarise_outputs(course_dir / "autograded" / student / name, row, config.Execute.timeout)
-    _record_scores(db_url=config.CourseDirectory.db_url, row=row)
+    _record_scores(config.CourseDirectory.db_url, row, course_dir / "autograded" / student / name)
     result = api.generate_feedback(name, student, force=True)
     if not result["success"]:
         row.note("warning", "feedback HTML could not be generated")
@@ -329,8 +402,17 @@ def _grade_one(api, config, submissions: Path, course_dir: Path, feedback_dir: P
 
 def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path | None = None,
           course_dir: Path | None = None, db: Path | None = None, timeout: int | None = None,
-          only: list[str] | None = None, progress: bool = True) -> list[dict]:
-    """Autograde every student × assignment under `submissions`; write the CSV and feedback HTML."""
+          only: list[str] | None = None, progress: bool = True, sandboxed: bool = True,
+          limits: sandbox.Limits | None = None, resume: bool = False, jobs: int | None = None) -> list[dict]:
+    """Autograde every student × assignment under `submissions`; write the CSV and feedback HTML.
+
+    sandboxed=False (``--no-sandbox``) runs the students' kernels with the grader's own permissions;
+    every row's message then says so. Each graded submission's row is saved at once in
+    ``<course dir>/results/``; resume=True (``--resume``) takes the saved row of every submission whose
+    files (and the released notebooks and the time limit) are unchanged instead of grading it again.
+    jobs (``--jobs``, default: the machine's cores) submissions are graded at once, each in a worker
+    process with its own kernel; the CSV's rows keep the class's order whatever order they finish in.
+    """
     from nbgrader.apps.api import NbGraderAPI
     from tqdm.auto import tqdm
 
@@ -338,6 +420,13 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
     warnings.filterwarnings("ignore", message=".*not in session.*")
 
     config = load_config()  # a broken nbgrader config stops the run before it touches anything
+    if jobs is not None and jobs < 1:
+        raise GradingError(f"--jobs must be at least 1, not {jobs}")
+    if sandboxed:
+        reason = sandbox.unavailable_reason()
+        if reason:
+            raise GradingError(f"{reason}. To grade anyway, with the students' code running with your "
+                               "permissions, pass --no-sandbox")
     submissions = Path(submissions).resolve()
     if not submissions.is_dir():
         raise GradingError(f"submissions folder {submissions} does not exist or is not a folder")
@@ -362,7 +451,7 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
     out = Path(out).resolve()
     feedback_dir = Path(feedback_dir or out.parent / "feedback").resolve()
     _check_outputs(course_dir, db, out, feedback_dir)
-    config = _configure(config, course_dir, db, timeout)
+    config = _configure(config, course_dir, db, timeout, sandboxed)
     if strays:
         print(f"warning: ignored folder(s) that are not assignments in solutions/: {', '.join(strays)}",
               file=sys.stderr)
@@ -373,31 +462,128 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
     api.log.setLevel("ERROR")
     max_scores = _prepare_gradebook(api, db_url, names)
 
-    rows = []
-    jobs = [(s, n) for s in students for n in names]
-    bar = tqdm(jobs, desc="grading", unit="submission", disable=not progress, file=sys.stderr)
-    for student, name in bar:
-        bar.set_postfix_str(f"{student}/{name}")
-        row = Row(student, name, max_score=max_scores[name])
-        rows.append(row)
+    pairs = [(s, n) for s in students for n in names]
+    rows: dict[tuple[str, str], dict] = {}
+    keys = {(s, n): _submission_key(submissions, s, n, config.Execute.timeout, sandboxed) for s, n in pairs}
+    if resume:
+        rows = {p: row for p in pairs if (row := _saved_row(course_dir, *p, keys[p])) is not None}
+    resumed = len(rows)
+    todo = [p for p in pairs if p not in rows]
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
+    bar = tqdm(total=len(pairs), initial=resumed, desc="grading", unit="submission", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    wall_s = max(900, 15 * (config.Execute.timeout or 60))
+    with _kernel_environment(sandboxed, limits or sandbox.Limits(wall_s=wall_s)) as tmp:
+        _JOB.update(config=config, submissions=submissions, course_dir=course_dir, feedback_dir=feedback_dir,
+                    max_scores=max_scores, sandboxed=sandboxed, tmp=tmp, api=api)
+        if jobs == 1:
+            results = ((p, _grade_job(p)) for p in todo)
+        else:
+            # fork: the workers inherit the configuration and the sandbox's environment set up above
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            _JOB["api"] = None                             # each worker opens its own nbgrader API
+            pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"))
+            futures = {pool.submit(_grade_job, p): p for p in todo}
+            results = ((futures[f], f.result()) for f in as_completed(futures))
         try:
-            _grade_one(api, config, submissions, course_dir, feedback_dir, student, name, row)
-        except Exception as exc:  # one submission that breaks the grader must not stop the class
-            message = first_line(str(exc))
-            row.note("error", f"grading this submission failed ({type(exc).__name__}"
-                              f"{': ' + message[:200] if message else ''}); check it by hand")
+            for pair, (row, cells) in results:
+                rows[pair] = row
+                _save_row(course_dir, row, keys[pair], cells)   # at once: a killed run keeps it
+                bar.set_postfix_str(f"{pair[0]}/{pair[1]}")
+                bar.update()
+        finally:
+            if jobs > 1:
+                pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
+    rows = [rows[p] for p in pairs]
 
     # Write next to the target, then rename: an existing grades.csv is never left half-written.
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
-        writer.writerows(r.as_dict() for r in rows)
+        writer.writerows(rows)
     os.replace(tmp, out)
     if progress:
-        width = max(len(r.student_id) for r in rows)
+        width = max(len(r["student_id"]) for r in rows)
         for r in rows:
-            print(f"{r.student_id:<{width}}  {r.assignment}  {_fmt(r.score):>5}/{_fmt(r.max_score):<5} {r.status:<8} "
-                  f"{'; '.join(r.notes)}")
+            print(f"{r['student_id']:<{width}}  {r['assignment']}  {r['score']:>5}/{r['max_score']:<5} "
+                  f"{r['status']:<8} {r['message']}")
+        if resumed:
+            print(f"resumed: {resumed} of {len(rows)} rows were graded by an earlier run (--resume)")
         print(f"wrote {out} ({len(rows)} rows) and feedback HTML under {feedback_dir}")
-    return [r.as_dict() for r in rows]
+    return rows
+
+
+_JOB: dict = {}
+"""What every grading job needs, set once by ``grade`` (and inherited by forked workers)."""
+
+
+def _grade_job(pair: tuple[str, str]) -> tuple[dict, list[dict]]:
+    """Grade one student × assignment (in this process or a worker); return its CSV row and its cells."""
+    student, name = pair
+    job = _JOB
+    if job.get("api") is None:
+        from nbgrader.apps.api import NbGraderAPI
+
+        warnings.filterwarnings("ignore", message=".*not in session.*")
+        job["api"] = NbGraderAPI(config=job["config"])
+        job["api"].log.setLevel("ERROR")
+    row = Row(student, name, max_score=job["max_scores"][name])
+    try:
+        with _private_runtime_dir(job["tmp"]):
+            _grade_one(job["api"], job["config"], job["submissions"], job["course_dir"], job["feedback_dir"],
+                       student, name, row)
+    except Exception as exc:  # one submission that breaks the grader must not stop the class
+        message = first_line(str(exc))
+        row.note("error", f"grading this submission failed ({type(exc).__name__}"
+                          f"{': ' + message[:200] if message else ''}); check it by hand")
+    if not job["sandboxed"]:
+        row.notes.append("graded without a sandbox (--no-sandbox)")
+    return row.as_dict(), row.cells
+
+
+def _submission_key(submissions: Path, student: str, name: str, timeout, sandboxed: bool) -> str:
+    """A fingerprint of everything a submission's grade depends on: its files, the released notebooks
+    (whose test cells the submission is checked against), the time limit and the sandbox."""
+    h = hashlib.sha256(json.dumps([student, name, timeout, sandboxed]).encode())
+    folder = submissions / student / name
+    for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+        h.update(str(path.relative_to(folder)).encode() + b"\0")
+        if path.is_file() and not path.is_symlink():
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+        elif path.is_symlink():
+            h.update(os.readlink(path).encode())
+    for nb in notebooks(name):
+        h.update(hashlib.sha256((EXERCISES / name / f"{nb}.ipynb").read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _result_path(course_dir: Path, student: str, name: str) -> Path:
+    return course_dir / "results" / student / f"{name}.json"
+
+
+def _save_row(course_dir: Path, row: dict, key: str, cells: list[dict] | None = None) -> None:
+    """Save one graded row at once, atomically (write, fsync, rename): a run killed at any moment keeps
+    every row saved before, and never leaves a half-written one."""
+    path = _result_path(course_dir, row["student_id"], row["assignment"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"key": key, "row": row, "cells": cells or []}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _saved_row(course_dir: Path, student: str, name: str, key: str) -> dict | None:
+    """The row an earlier run saved for this submission, if its fingerprint still matches."""
+    try:
+        saved = json.loads(_result_path(course_dir, student, name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("key") != key or not isinstance(saved.get("row"), dict):
+        return None
+    return saved["row"] if set(saved["row"]) == set(CSV_FIELDS) else None

@@ -44,6 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
 
 from rlhf_course import fast_gpt2, textworld
+from rlhf_course.paths import default_cache_dir  # noqa: F401 (part of this module's interface)
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -142,11 +143,6 @@ def _build_hash(build: TinyLMBuild) -> str:
         "tokenizers": tokenizers.__version__,
     }, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def default_cache_dir() -> Path:
-    """``$RLHF_COURSE_CACHE`` if set, else ``~/.cache/rlhf_course``."""
-    return Path(os.environ.get("RLHF_COURSE_CACHE") or Path.home() / ".cache" / "rlhf_course")
 
 
 def tiny_lm_dir(cache_dir=None, build: TinyLMBuild | None = None) -> Path:

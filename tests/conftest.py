@@ -32,10 +32,11 @@ def read_grades(csv_path) -> dict[str, dict]:
 
 
 # ------------------------------------------------------------------ long runs, started in the background
-# Much of the suite runs one process at a time on 2 cores. Two long jobs start as soon as the tests are
+# Much of the suite runs one process at a time on 2 cores. Long jobs start as soon as the tests are
 # collected and use the other core: the book build, which executes every chapter page one kernel at a time
-# (about 2 min), and the capstone's cpu preset end to end (about 2.5 min on one thread, at low priority so
-# the foreground tests go first). The tests that read them run last.
+# (about 2 min), then the browser survey of the built book (about 3 min: a thread of test_book_browser
+# driving Chromium), and the capstone's cpu preset end to end (about 2.5 min on one thread, at low priority
+# so the foreground tests go first). The tests that read them run last.
 _BACKGROUND: dict[str, dict] = {}
 
 
@@ -71,6 +72,9 @@ def pytest_collection_modifyitems(session, config, items):
                                            *(["--answers", answers] if answers else [])], out, nice=10)
     if book_items:
         start_book_build()
+        # the browser survey of the built book, as soon as it is built (test_book_browser.start_in_background)
+        for module in {item.module for item in book_items if hasattr(item.module, "start_in_background")}:
+            module.start_in_background(ARTIFACTS)
 
 
 def start_book_build() -> None:

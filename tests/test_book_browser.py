@@ -597,13 +597,39 @@ def _built_html() -> Path:
     return built_book()
 
 
-@pytest.fixture(scope="module")
-def survey(artifacts) -> Survey:
+def _survey_the_book(artifacts: Path) -> Survey:
     html = _built_html()
-    (artifacts / "browser").mkdir(exist_ok=True)
+    (artifacts / "browser").mkdir(parents=True, exist_ok=True)
     result = run_survey(html, PAGES, artifacts)
     write_report(result, artifacts)
     return result
+
+
+_EARLY: dict = {}
+
+
+def start_in_background(artifacts: Path) -> None:
+    """Survey the book in a thread as soon as the background build has finished, while the rest of the suite
+    runs (conftest calls this at collection). The survey is Chromium's work in other processes; this thread
+    mostly waits on their pipe, so it takes the core the book build used, not the foreground tests'."""
+    def job():
+        try:
+            _EARLY["survey"] = _survey_the_book(artifacts)
+        except BaseException as error:   # noqa: BLE001 — re-raised by the fixture, in the test's thread
+            _EARLY["error"] = error
+
+    _EARLY["thread"] = threading.Thread(target=job, name="browser-survey", daemon=True)
+    _EARLY["thread"].start()
+
+
+@pytest.fixture(scope="module")
+def survey(artifacts) -> Survey:
+    if "thread" not in _EARLY:          # not started at collection: survey now
+        return _survey_the_book(artifacts)
+    _EARLY["thread"].join()
+    if "error" in _EARLY:
+        raise _EARLY["error"]
+    return _EARLY["survey"]
 
 
 def _fail_on(survey: Survey, check: str, what: str):

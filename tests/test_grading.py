@@ -84,28 +84,16 @@ def test_at_least_four_wrong_implementations_per_function(assignment):
 
 
 def _grade_in_parallel(submissions, assignment, tmp_path, workers=2) -> dict[str, dict]:
-    """Grade a class as `workers` independent runs (own course dir and gradebook each) at the same time.
+    """Grade a class with `grade --jobs workers`: one gradebook, `workers` submissions at a time.
 
-    Each student's notebook runs a real training micro-run; two processes use both cores. One torch
-    thread per kernel: two kernels with two spinning threads each on two cores run several times slower.
+    Each student's notebook runs a real training micro-run; two workers use both cores (the sandbox
+    gives each kernel one torch thread: two kernels with two spinning threads each on two cores run
+    several times slower).
     """
-    students = sorted(p.name for p in submissions.iterdir())
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = []
-    for w in range(workers):
-        part = tmp_path / f"part{w}"
-        for student in students[w::workers]:
-            shutil.copytree(submissions / student, part / student)
-        cmd = [sys.executable, "-m", "autograder", "grade", part, "--out", tmp_path / f"grades{w}.csv",
-               "--course-dir", tmp_path / f"course{w}", "--assignment", assignment, "--quiet"]
-        procs.append(subprocess.Popen([str(c) for c in cmd], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    rows = {}
-    for w, proc in enumerate(procs):
-        out, _ = proc.communicate(timeout=1800)
-        assert proc.returncode == 0, out[-4000:]
-        rows.update(read_grades(tmp_path / f"grades{w}.csv"))
-    return rows
+    proc = autograder("grade", submissions, "--out", tmp_path / "grades.csv", "--course-dir", tmp_path / "course",
+                      "--assignment", assignment, "--jobs", workers, "--quiet", cwd=tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return read_grades(tmp_path / "grades.csv")
 
 
 @pytest.mark.parametrize("assignment", [a for a in class_modules() if a != "rlhf_update_rules"])
@@ -151,6 +139,42 @@ def test_progress_bar_and_summary(graded):
     _, _, _, proc = graded
     assert "grading" in proc.stderr and "submission" in proc.stderr  # tqdm on stderr
     assert "correct" in proc.stdout and "15/15" in proc.stdout
+
+
+def test_report_pass_rates_failures_histogram_and_lms_files(graded, tmp_path):
+    root, _, rows, _ = graded
+    proc = autograder("report", root / "out/grades.csv", "--course-dir", root / "course", "--out-dir",
+                      tmp_path / "rep", "--format", "canvas", cwd=root)
+    text = (tmp_path / "rep/report.md").read_text()
+    assert f"## {ASSIGNMENT}" in text and (tmp_path / f"rep/{ASSIGNMENT}_scores.png").stat().st_size > 5000
+    # one table row per test cell of the notebook; the pass rate of the sample-std student's cell
+    graded_rows = [r for r in rows.values() if r["status"] in ("ok", "warning")]
+    table = [ln for ln in text.splitlines() if ln.startswith("| `")]
+    assert len(table) == len({c for c in re.findall(r"\| `(\w+)` \|", text)}) >= 5
+    lost = {}
+    for r in graded_rows:
+        for cell in re.findall(r"(\w+) \([\d.]+/[\d.]+\)", r["message"].split("lost points in", 1)[-1]) \
+                if "lost points in" in r["message"] else []:
+            lost[cell] = lost.get(cell, 0) + 1
+    for cell, n in lost.items():     # the report's counts agree with the CSV's messages
+        [line] = [ln for ln in table if ln.startswith(f"| `{cell}` |")]
+        assert f"| {len(graded_rows) - n}/{len(graded_rows)} |" in line, (cell, line)
+    assert "AssertionError" in text, "the most common failure messages are listed"
+    with open(tmp_path / "rep/grades_canvas.csv", newline="") as f:
+        canvas = list(csv.reader(f))
+    assert canvas[0] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", ASSIGNMENT]
+    assert canvas[1][0].strip() == "Points Possible" and canvas[1][-1] == "15"
+    assert {r[2]: r[-1] for r in canvas[2:]} == {s: r["score"] for s, r in rows.items()}
+    moodle = autograder("report", root / "out/grades.csv", "--course-dir", root / "course", "--out-dir",
+                        tmp_path / "rep", "--format", "moodle", cwd=root)
+    assert "report.md" in moodle.stdout and "report.md" in proc.stdout
+    assert (tmp_path / "rep/grades_moodle.csv").read_text().splitlines()[0] == f"ID number,{ASSIGNMENT}"
+
+
+def test_report_of_a_file_that_is_not_a_grades_csv_is_a_one_line_error(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    proc = autograder("report", tmp_path / "x.csv", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
 
 
 def test_missing_submissions_folder_is_a_one_line_error(tmp_path):

@@ -367,3 +367,16 @@ def test_widget_javascript_names_the_sliders():
     js = (REPO / "book/_static/widget-a11y.js").read_text()
     assert '[role="slider"]' in js and "aria-label" in js
 
+
+
+def test_binder_installs_the_cpu_torch_and_the_course_package():
+    """Binder reads binder/ only (repo2docker); PyPI's Linux torch wheel there would be the CUDA build."""
+    lines = [ln.split("#")[0].strip() for ln in (REPO / "binder/requirements.txt").read_text().splitlines()]
+    lines = [ln for ln in lines if ln]
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines and "-r ../requirements.txt" in lines
+    [root_pin] = [ln.split("#")[0].strip() for ln in (REPO / "requirements.txt").read_text().splitlines()
+                  if ln.startswith("torch==")]
+    assert f"{root_pin}+cpu" in lines, f"binder/requirements.txt must pin {root_pin}+cpu"
+    post_build = REPO / "binder/postBuild"
+    assert os.access(post_build, os.X_OK) and "pip install --no-deps -e ." in post_build.read_text()
+    assert not (REPO / "postBuild").exists(), "repo2docker ignores root files when binder/ exists"

@@ -1,0 +1,91 @@
+"""nbgrader's Execute step with its kernel in the sandbox (``autograder.sandbox``).
+
+Everything here runs in the grader's process: the kernel manager puts each kernel's connection file
+and ZeroMQ sockets in a private folder (the only folder of the grader's the sandbox can write besides
+the submission's), and the Execute preprocessor always starts the sandbox's kernel spec, whatever
+kernel the submitted notebook names.
+"""
+import os
+import tempfile
+import time
+
+import nbformat
+from jupyter_client.manager import AsyncKernelManager
+from nbgrader.preprocessors import Execute
+from traitlets import Integer, default
+
+from autograder.sandbox import KERNEL_NAME, limits_from_env
+
+
+class SandboxKernelManager(AsyncKernelManager):
+    """A kernel reached over Unix sockets in a folder of its own (no TCP: the sandbox has no network)."""
+
+    @default("transport")
+    def _transport_default(self):
+        return "ipc"
+
+    @default("connection_file")
+    def _connection_file_default(self):
+        folder = tempfile.mkdtemp(prefix="kernel-", dir=os.environ.get("JUPYTER_RUNTIME_DIR"))
+        return os.path.join(folder, "kernel.json")
+
+
+def _content_bytes(content: dict) -> int:
+    """Roughly how many bytes an output message adds to the notebook (its text and data fields)."""
+    data = content.get("data") or {}
+    return len(content.get("text") or "") + sum(len(v) if isinstance(v, str) else len(str(v)) for v in data.values())
+
+
+class SandboxedExecute(Execute):
+    """nbgrader's Execute, with the kernel always started in the sandbox and its output capped.
+
+    The notebook's wall-clock limit (``Limits.wall_s``) is kept here, outside the kernel: each cell's
+    timeout is cut to the time left, and cells reached after it are not run (an error each, so 0
+    points). A notebook's outputs are kept up to ``max_output_bytes``; past that, one line says they were cut
+    and the rest is dropped as it arrives, so a submission that prints a gigabyte cannot fill the
+    grader's memory, the gradebook or the feedback. Error outputs are always kept (trimmed): they are
+    what nbgrader scores a test cell by, and dropping one would turn a failed test into a pass.
+    """
+
+    max_output_bytes = Integer(4 * 2**20, help="output kept per notebook, in bytes").tag(config=True)
+
+    def __init__(self, *args, **kwargs):
+        kwargs["kernel_manager_class"] = SandboxKernelManager
+        kwargs["kernel_name"] = KERNEL_NAME
+        super().__init__(*args, **kwargs)
+        self._output_bytes, self._output_cut = 0, False
+
+    def preprocess(self, nb, resources=None, km=None):
+        self._output_bytes, self._output_cut = 0, False
+        self._wall_s = limits_from_env().wall_s
+        self._deadline = time.monotonic() + self._wall_s
+        return super().preprocess(nb, resources, km)
+
+    def _get_timeout(self, cell):
+        timeout = super()._get_timeout(cell)
+        left = max(1, int(self._deadline - time.monotonic()))
+        return left if timeout is None else min(timeout, left)
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type == "code" and cell.source.strip() and time.monotonic() >= self._deadline:
+            cell.outputs = [nbformat.v4.new_output(
+                "error", ename="NotebookTimeLimit", evalue=f"not run: the notebook used its {self._wall_s} s",
+                traceback=[f"NotebookTimeLimit: this cell was not run; the notebook had used its {self._wall_s} s"])]
+            return cell, resources
+        return super().preprocess_cell(cell, resources, index)
+
+    def output(self, outs, msg, display_id, cell_index):
+        content = msg.get("content") or {}
+        if msg["msg_type"] == "error":
+            content["evalue"] = str(content.get("evalue", ""))[:2000]
+            content["traceback"] = [str(line)[:4000] for line in (content.get("traceback") or [])[-30:]]
+            return super().output(outs, msg, display_id, cell_index)
+        self._output_bytes += _content_bytes(content)
+        if self._output_bytes <= self.max_output_bytes:
+            return super().output(outs, msg, display_id, cell_index)
+        if not self._output_cut:
+            self._output_cut = True
+            outs.append(nbformat.v4.new_output(
+                "stream", name="stderr", text=f"[grading: output cut here; this notebook printed more than "
+                                              f"{self.max_output_bytes // 2**20} MB]\n"))
+        return None

@@ -1,0 +1,242 @@
+"""Hostile submissions, graded next to an honest student: the sandbox of `python -m autograder grade`.
+
+Each exploit starts from the released stub (0 points) and adds one code cell at the top that tries
+something a hostile student would: write the gradebook, read solutions/, leave a process behind, reach
+the network, exhaust processes or memory, flood the output, kill its kernel. Expected for every one:
+no more points than the stub, a row with a status, nothing changed outside the sandbox, no process
+left behind, and the honest student's full marks intact. One class, graded once (module fixture).
+"""
+import hashlib
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import uuid
+
+import nbformat
+import pytest
+
+from autograder import sandbox
+from conftest import REPO, autograder, read_grades
+from synthetic_class import fill, solution_bodies, stub, write_submission
+
+ASSIGNMENT = NOTEBOOK = "rlhf_update_rules"
+FULL = 15.0
+MARK = f"autograder-exploit-{uuid.uuid4().hex[:8]}"      # in every exploit's processes and files
+
+pytestmark = pytest.mark.skipif(sandbox.unavailable_reason() is not None,
+                                reason=f"no grading sandbox here: {sandbox.unavailable_reason()}")
+
+
+def _with_first_cell(code: str):
+    nb = stub(ASSIGNMENT, NOTEBOOK)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(code))
+    return nb
+
+
+def _exploits(root, victim_db, port) -> dict[str, str]:
+    solution = REPO / "solutions" / ASSIGNMENT / f"{NOTEBOOK}.ipynb"
+    return {
+        # every *.db it can find, and the two it knows the names of: scores to 0, a table dropped
+        "db_writer": f"""
+import glob, os, sqlite3
+hits = []
+for path in glob.glob('/**/*.db', recursive=True) + [{str(victim_db)!r}, {str(REPO / 'autograder/course/gradebook.db')!r}]:
+    try:
+        con = sqlite3.connect(path)
+        con.execute('UPDATE grade SET auto_score = 0, manual_score = 0')
+        con.execute('DROP TABLE IF EXISTS student')
+        con.commit()
+        hits.append(path)
+    except Exception as e:
+        pass
+print('wrote', hits)
+""",
+        # read the instructor's solutions and run their answer cells
+        "solutions_reader": f"""
+import json
+nb = json.load(open({str(solution)!r}))
+for cell in nb['cells']:
+    if cell.get('metadata', {{}}).get('nbgrader', {{}}).get('solution'):
+        exec(''.join(cell['source']))
+""",
+        # a symlink handed in next to the notebook, pointing at solutions/
+        "symlink": f"""
+import json, os
+nb = json.load(open('answers.ipynb'))
+for cell in nb['cells']:
+    if cell.get('metadata', {{}}).get('nbgrader', {{}}).get('solution'):
+        exec(''.join(cell['source']))
+""",
+        # a process that should outlive grading
+        "background": f"""
+import subprocess
+subprocess.Popen(['sh', '-c', 'exec -a {MARK}-bg sleep 600'], start_new_session=True)
+""",
+        # the grader's machine, on a port a test server listens on
+        "network": f"""
+import socket
+for host in ('127.0.0.1', '10.0.0.1', '8.8.8.8'):
+    try:
+        socket.create_connection((host, {port}), timeout=2).sendall(b'{MARK}')
+        print('connected to', host)
+    except OSError as e:
+        print('no connection to', host, e)
+""",
+        # processes until something stops it (each child sleeps, so they pile up)
+        "fork_bomb": """
+import os, time
+n = 0
+try:
+    while n < 100000:
+        if os.fork() == 0:
+            time.sleep(120)
+            os._exit(0)
+        n += 1
+except OSError as e:
+    print('fork stopped after', n, e)
+""",
+        # memory until something stops it
+        "memory_bomb": """
+hog = []
+try:
+    while True:
+        hog.append(bytearray(2**30))
+except MemoryError:
+    print('stopped at', len(hog), 'GiB')
+""",
+        # files outside its own folder
+        "writer": f"""
+import os
+for path in [{str(REPO / 'solutions' / (MARK + '.txt'))!r}, {str(root / (MARK + '.txt'))!r},
+             os.path.expanduser('~/{MARK}.txt'), '/tmp/{MARK}.txt', '../{MARK}.txt']:
+    try:
+        open(path, 'w').write('pwned')
+        print('wrote', path)
+    except OSError as e:
+        print('could not write', path, e)
+""",
+        # a huge output
+        "flood": """
+import sys
+chunk = 'x' * (1 << 20) + '\\n'
+for _ in range(1024):
+    sys.stdout.write(chunk)
+""",
+        # the kernel kills itself
+        "os_exit": "import os\nos._exit(0)",
+    }
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory):
+    root = tmp_path_factory.mktemp("attacked")
+    subs, db = root / "submissions", root / "course" / "gradebook.db"
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.5)
+    received = []
+
+    def listen():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                received.append(conn.recv(100))
+            except OSError:
+                pass
+
+    stop = threading.Event()
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    honest = fill(stub(ASSIGNMENT, NOTEBOOK), solution_bodies(ASSIGNMENT, NOTEBOOK))
+    # the victim is graded first (students are graded in sorted order), so the attackers find its scores
+    write_submission(subs, "aaa_honest", ASSIGNMENT, NOTEBOOK, honest)
+    write_submission(subs, "stub", ASSIGNMENT, NOTEBOOK, stub(ASSIGNMENT, NOTEBOOK))
+    for name, code in _exploits(root, db, server.getsockname()[1]).items():
+        path = write_submission(subs, name, ASSIGNMENT, NOTEBOOK, _with_first_cell(code))
+        if name == "symlink":
+            os.symlink(REPO / "solutions" / ASSIGNMENT / f"{NOTEBOOK}.ipynb", path.parent / "answers.ipynb")
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest()
+              for p in (REPO / "solutions").rglob("*") if p.is_file()}
+    proc = autograder("grade", subs, "--out", root / "grades.csv", "--course-dir", root / "course", "--db", db,
+                      "--timeout", 30, "--quiet", cwd=root, timeout=1200)
+    stop.set()
+    thread.join()
+    server.close()
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in (REPO / "solutions").rglob("*") if p.is_file()}
+    return dict(root=root, rows=read_grades(root / "grades.csv"), proc=proc, db=db, received=received,
+                solutions_unchanged=before == after)
+
+
+EXPLOITS = ["db_writer", "solutions_reader", "symlink", "background", "network", "fork_bomb", "memory_bomb",
+            "writer", "flood", "os_exit"]
+
+
+def test_the_honest_student_keeps_full_marks(attacked):
+    row = attacked["rows"]["aaa_honest"]
+    assert (float(row["score"]), row["status"]) == (FULL, "ok"), row
+
+
+@pytest.mark.parametrize("exploit", EXPLOITS)
+def test_an_exploit_earns_no_more_than_the_stub(attacked, exploit):
+    rows = attacked["rows"]
+    assert float(rows["stub"]["score"]) == 0.0
+    row = rows[exploit]
+    assert float(row["score"]) <= float(rows["stub"]["score"]), row
+    assert row["status"] in ("ok", "warning", "error") and row["message"], row
+
+
+def test_the_gradebook_keeps_the_honest_score(attacked):
+    con = sqlite3.connect(attacked["db"])
+    [(score,)] = con.execute("SELECT SUM(COALESCE(g.manual_score, g.auto_score)) FROM grade g "
+                             "JOIN submitted_notebook n ON g.notebook_id = n.id "
+                             "JOIN submitted_assignment a ON n.assignment_id = a.id "
+                             "WHERE a.student_id = 'aaa_honest'").fetchall()
+    assert score == FULL
+    assert con.execute("SELECT COUNT(*) FROM student").fetchone()[0] == 2 + len(EXPLOITS)
+
+
+def test_nothing_is_written_outside_the_sandbox(attacked):
+    assert attacked["solutions_unchanged"], "solutions/ changed during grading"
+    stray = [p for p in (REPO / "solutions", attacked["root"], os.path.expanduser("~"), "/tmp")
+             if os.path.exists(os.path.join(p, MARK + ".txt"))]
+    assert not stray, f"an exploit wrote {MARK}.txt in {stray}"
+
+
+def test_no_process_outlives_grading(attacked):
+    left = subprocess.run(["pgrep", "-f", MARK], capture_output=True, text=True).stdout.split()
+    assert not left, f"processes left behind: {left}"
+    sleepers = subprocess.run(["pgrep", "-f", "time.sleep(120)"], capture_output=True, text=True).stdout.split()
+    assert not sleepers
+
+
+def test_no_connection_reaches_the_grader_machine(attacked):
+    assert attacked["received"] == []
+
+
+def test_a_flood_of_output_is_cut(attacked):
+    feedback = attacked["root"] / "feedback" / "flood" / ASSIGNMENT / f"{NOTEBOOK}.html"
+    autograded = attacked["root"] / "course" / "autograded" / "flood" / ASSIGNMENT / f"{NOTEBOOK}.ipynb"
+    assert autograded.stat().st_size < 20 * 2**20, autograded.stat().st_size
+    assert feedback.is_file() and feedback.stat().st_size < 20 * 2**20
+
+
+def test_grading_refuses_without_a_sandbox_unless_told(tmp_path):
+    subs = tmp_path / "subs"
+    write_submission(subs, "s", ASSIGNMENT, NOTEBOOK, stub(ASSIGNMENT, NOTEBOOK))
+    env = os.environ | {"PATH": str(tmp_path / "nobin")}      # no bwrap, prlimit or timeout on PATH
+    proc = subprocess.run([sys.executable, "-m", "autograder", "grade", subs, "--out", tmp_path / "g.csv",
+                           "--course-dir", tmp_path / "course", "--quiet"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "--no-sandbox" in proc.stderr, proc.stderr
+    assert "bubblewrap" in proc.stderr and "\n" not in proc.stderr.strip()
+    proc = subprocess.run([sys.executable, "-m", "autograder", "grade", subs, "--out", tmp_path / "g.csv",
+                           "--course-dir", tmp_path / "course", "--quiet", "--no-sandbox"], capture_output=True,
+                          text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = read_grades(tmp_path / "g.csv")["s"]
+    assert float(row["score"]) == 0.0 and row["message"].endswith("graded without a sandbox (--no-sandbox)"), row
