@@ -14,7 +14,7 @@ help:
 	@echo "make test      run the whole test suite (installs everything it needs)"
 	@echo "make release   regenerate exercises/ from solutions/"
 	@echo "make validate  solutions pass every test, released stubs fail every test"
-	@echo "make bench-trl TRL 1.12's PPOTrainer vs ours, same work (builds .venv-trl once; ≈ 30 min)"
+	@echo "make bench-trl TRL 1.12's PPOTrainer vs ours, same work (builds .venv-trl once; ≈ 40 min)"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -112,15 +113,16 @@ def _configure(config, course_dir: Path, db: Path, timeout: int | None, sandboxe
     if timeout is not None:
         config.Execute.timeout = timeout
     if sandboxed:
-        from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearMetadataPreprocessor,
-                                            IgnorePattern, LimitOutput, SaveAutoGrades)
+        from nbgrader.converters.autograde import Autograde
+        from nbgrader.preprocessors import Execute
 
         from autograder.kernel import SandboxedExecute
 
-        # nbgrader's own list (nbgrader/converters/autograde.py), with Execute's kernel in the sandbox
-        config.Autograde.autograde_preprocessors = [SandboxedExecute, IgnorePattern, ClearMetadataPreprocessor,
-                                                    LimitOutput, SaveAutoGrades, AssignLatePenalties,
-                                                    CheckCellMetadata]
+        # nbgrader's own list, with Execute's kernel in the sandbox; it must be there to be replaced
+        steps = Autograde.class_traits()["autograde_preprocessors"].default()
+        if Execute not in steps:
+            raise GradingError(f"nbgrader's autograde steps changed ({steps}): cannot put its kernel in the sandbox")
+        config.Autograde.autograde_preprocessors = [SandboxedExecute if p is Execute else p for p in steps]
     return config
 
 
@@ -265,6 +267,17 @@ def _collect(student_dir: Path, name: str, dest: Path, row: Row) -> list[str]:
     return graded
 
 
+def _autograde_failure(result: dict) -> str:
+    """One line on why nbgrader's autograde failed, from its log (its own last line says only "see above")."""
+    text = "\n".join(filter(None, [result.get("log"), result.get("error")]))
+    if "Kernel died" in text or "DeadKernelError" in text:
+        return ("the notebook's kernel died (its code ended its own process, or it hit the sandbox's memory or "
+                "process limit), so its test cells were not scored")
+    causes = [ln.strip() for ln in text.splitlines()
+              if re.match(r"\s*[\w.]+(Error|Exception): ", ln) and "NbGraderException" not in ln]
+    return causes[-1][:300] if causes else _last_line(result.get("error"))
+
+
 def _summarise_outputs(autograded: Path, row: Row, timeout: int) -> None:
     """Add a note for cells that hit the time limit (the usual sign of an infinite loop)."""
     for path in sorted(autograded.glob("*.ipynb")):
@@ -383,7 +396,7 @@ def _grade_one(api, config, submissions: Path, course_dir: Path, feedback_dir: P
         first_error = _last_line(result.get("error"))
         result = api.autograde(name, student, force=True, create=True)
         if not result["success"]:
-            row.note("error", f"nbgrader could not autograde this submission: {_last_line(result.get('error'))}")
+            row.note("error", f"nbgrader could not autograde this submission: {_autograde_failure(result)}")
             return
         row.notes.append(f"graded on the second attempt (the first failed: {first_error})")
     _summarise_outputs(course_dir / "autograded" / student / name, row, config.Execute.timeout)

@@ -12,7 +12,7 @@ import time
 import nbformat
 from jupyter_client.manager import AsyncKernelManager
 from nbgrader.preprocessors import Execute
-from traitlets import Integer, default
+from traitlets import Bool, Integer, default
 
 from autograder.sandbox import KERNEL_NAME, limits_from_env
 
@@ -41,22 +41,30 @@ class SandboxedExecute(Execute):
 
     The notebook's wall-clock limit (``Limits.wall_s``) is kept here, outside the kernel: each cell's
     timeout is cut to the time left, and cells reached after it are not run (an error each, so 0
-    points). A notebook's outputs are kept up to ``max_output_bytes``; past that, one line says they were cut
-    and the rest is dropped as it arrives, so a submission that prints a gigabyte cannot fill the
-    grader's memory, the gradebook or the feedback. Error outputs are always kept (trimmed): they are
-    what nbgrader scores a test cell by, and dropping one would turn a failed test into a pass.
+    points). Outputs are kept up to ``max_cell_output_bytes`` per cell and ``max_output_bytes`` per
+    notebook; past that, one line says they were cut and the rest is dropped as it arrives, so a
+    submission that prints a gigabyte cannot fill the grader's memory, the gradebook or the feedback.
+    Error outputs are always kept (trimmed): they are what nbgrader scores a test cell by, and dropping
+    one would turn a failed test into a pass.
     """
 
-    max_output_bytes = Integer(4 * 2**20, help="output kept per notebook, in bytes").tag(config=True)
+    max_cell_output_bytes = Integer(2**20, help="output kept per cell, in bytes").tag(config=True)
+    max_output_bytes = Integer(8 * 2**20, help="output kept per notebook, in bytes").tag(config=True)
+    # A submission that prints a gigabyte is still sending output after its cell has replied. nbgrader raises
+    # (and fails the whole notebook) when output stops arriving for 4 s; here the rest is dropped after
+    # 10 s and grading goes on. No failure can be lost that way: the reply itself says whether the cell
+    # raised, and nbgrader's on_cell_executed adds that error to the cell when its output did not come.
+    iopub_timeout = Integer(10).tag(config=True)
+    raise_on_iopub_timeout = Bool(False).tag(config=True)
 
     def __init__(self, *args, **kwargs):
         kwargs["kernel_manager_class"] = SandboxKernelManager
         kwargs["kernel_name"] = KERNEL_NAME
         super().__init__(*args, **kwargs)
-        self._output_bytes, self._output_cut = 0, False
+        self._output_bytes, self._cell_bytes, self._cut = 0, {}, set()
 
     def preprocess(self, nb, resources=None, km=None):
-        self._output_bytes, self._output_cut = 0, False
+        self._output_bytes, self._cell_bytes, self._cut = 0, {}, set()
         self._wall_s = limits_from_env().wall_s
         self._deadline = time.monotonic() + self._wall_s
         return super().preprocess(nb, resources, km)
@@ -80,12 +88,16 @@ class SandboxedExecute(Execute):
             content["evalue"] = str(content.get("evalue", ""))[:2000]
             content["traceback"] = [str(line)[:4000] for line in (content.get("traceback") or [])[-30:]]
             return super().output(outs, msg, display_id, cell_index)
-        self._output_bytes += _content_bytes(content)
-        if self._output_bytes <= self.max_output_bytes:
+        size = _content_bytes(content)                      # counted as kept: a flooding cell does not
+        cell = self._cell_bytes.get(cell_index, 0) + size     # cut the outputs of the cells after it
+        if cell <= self.max_cell_output_bytes and self._output_bytes + size <= self.max_output_bytes:
+            self._cell_bytes[cell_index], self._output_bytes = cell, self._output_bytes + size
             return super().output(outs, msg, display_id, cell_index)
-        if not self._output_cut:
-            self._output_cut = True
-            outs.append(nbformat.v4.new_output(
-                "stream", name="stderr", text=f"[grading: output cut here; this notebook printed more than "
-                                              f"{self.max_output_bytes // 2**20} MB]\n"))
+        if cell_index not in self._cut:
+            self._cut.add(cell_index)
+            limit = (f"this cell printed more than {self.max_cell_output_bytes // 2**20} MB"
+                     if cell > self.max_cell_output_bytes
+                     else f"the notebook printed more than {self.max_output_bytes // 2**20} MB")
+            outs.append(nbformat.v4.new_output("stream", name="stderr",
+                                               text=f"[grading: output cut here; {limit}]\n"))
         return None

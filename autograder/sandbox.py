@@ -163,11 +163,13 @@ def sandbox_command(workdir: Path, ipc_dir: Path | None, limits: Limits) -> list
     return cmd
 
 
-def kernel_command(connection_file: Path, cwd: Path, limits: Limits) -> list[str]:
-    """The whole command that starts a sandboxed IPython kernel for nbclient."""
+def kernel_command(connection_file: Path, cwd: Path, limits: Limits, extra: list[str] = ()) -> list[str]:
+    """The whole command that starts a sandboxed IPython kernel for nbclient (``extra``: nbclient's
+    extra kernel arguments, such as nbgrader's ``--HistoryManager.hist_file=:memory:``)."""
     connection_file = Path(connection_file).resolve()
+    options = [a for a in extra if a.startswith("--") and "=" in a]       # IPython settings only
     return [*sandbox_command(cwd, connection_file.parent, limits), sys.executable, "-m", "ipykernel_launcher",
-            "-f", str(connection_file), "--HistoryManager.hist_file=:memory:"]
+            "-f", str(connection_file), *options]
 
 
 def install_kernelspec(jupyter_path: Path) -> Path:
@@ -176,6 +178,9 @@ def install_kernelspec(jupyter_path: Path) -> Path:
     spec_dir.mkdir(parents=True, exist_ok=True)
     spec = {"argv": [sys.executable, "-m", "autograder.sandbox", "kernel", "{connection_file}"],
             "display_name": "Python 3 (grading sandbox)", "language": "python",
+            # a signal to the launcher's process group would stop at bubblewrap (the kernel runs in a
+            # session of its own): ask the kernel to interrupt itself over its control socket instead
+            "interrupt_mode": "message",
             "metadata": {"debugger": False}}
     (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
     return spec_dir
@@ -191,13 +196,13 @@ def limits_env(limits: Limits) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] != "kernel":
-        print("usage: python -m autograder.sandbox kernel CONNECTION_FILE", file=sys.stderr)
+    if len(argv) < 2 or argv[0] != "kernel":
+        print("usage: python -m autograder.sandbox kernel CONNECTION_FILE [--Setting=value ...]", file=sys.stderr)
         return 2
     limits = limits_from_env()
     if os.geteuid() == 0:
         _join_pids_cgroup(limits.processes)
-    cmd = kernel_command(Path(argv[1]), Path.cwd(), limits)
+    cmd = kernel_command(Path(argv[1]), Path.cwd(), limits, argv[2:])
     # The kernel's own stdout/stderr (IPython's banner, crashes) go to a log beside its connection file,
     # not into the grader's terminal; what a cell prints reaches nbgrader through the kernel's sockets.
     log = os.open(Path(argv[1]).parent / "kernel.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

@@ -7,8 +7,8 @@ response tokens), then ``ppo_rlhf_iteration`` with numbered phases. The phases f
 metric names it logs (``objective/kl``, ``policy/approxkl_avg``, ``val/ratio``, ...).
 
 The same loop is chapter 4's single iteration and the capstone's trainer (``rlhf_course.capstone``):
-device and precision are chosen once in the config (CPU in fp32; CUDA with bf16 autocast over fp32
-master weights), the reward is a text function (the simulated human) or a learned reward model on
+device and precision are chosen once in the config (fp32, or bf16 autocast over fp32 master weights:
+the gpu preset's choice, and on a CPU with bf16 matrix instructions the faster one for GPT-2 small), the reward is a text function (the simulated human) or a learned reward model on
 token ids, and the update runs alone or under ``torchrun`` (DistributedDataParallel). Checkpoints
 (``save_checkpoint`` / ``load_checkpoint``) hold everything an uninterrupted run would carry on with.
 

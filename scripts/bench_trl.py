@@ -5,9 +5,11 @@
     .venv/bin/python scripts/bench_trl.py --shapes tiny --iters 3 --warmup 1       # a quick check (≈ 1 min)
     .venv/bin/python scripts/bench_trl.py --ours-cmd "python /tmp/stub.py bench"   # another "ours" command
 
-Run time on 2 idle cores: "tiny" ≈ 1 min; "gpt2-124m" ≈ 17 min (TRL ≈ 20 s per iteration, run twice) plus ours.
+Run time on 2 idle cores: "tiny" ≈ 3 min; "gpt2-124m" ≈ 37 min (TRL ≈ 25 s per iteration as shipped and without
+gc.collect, 17 s under bf16 autocast; ours ≈ 14 s, 8 s under bf16).
 
-The work, the same on both sides: random-init GPT-2 policy, reference and reward model (TRL's value model is a
+Each trainer runs in fp32 and under bf16 autocast (TRL: accelerate's; ours: RLHFConfig(bf16=True)); a bf16 row's
+MFU is against the bf16 matmul peak. The work, the same on both sides: random-init GPT-2 policy, reference and reward model (TRL's value model is a
 fourth GPT-2 trunk, ours a value head on the policy trunk); B prompts of exactly P random token ids; R sampled
 tokens at temperature 0.7 with no early stop; `ppo_epochs` epochs of one minibatch; 2 CPU threads each.
 Every trainer runs in its own subprocess, one after the other: TRL in `.venv-trl` (TRL 1.12 is the last release

@@ -144,7 +144,9 @@ def test_a_failed_autograde_is_tried_once_more(tmp_path, monkeypatch):
         return real(self, assignment, student, **kwargs)
 
     monkeypatch.setattr(NbGraderAPI, "autograde", flaky)
-    grading.grade(subs, out=tmp_path / "g.csv", course_dir=tmp_path / "course", progress=False)
+    # jobs=1: grade in this process, where the patch is (a worker process would see it too, but its
+    # calls would be counted in its own copy of `calls`)
+    grading.grade(subs, out=tmp_path / "g.csv", course_dir=tmp_path / "course", progress=False, jobs=1)
     rows = read_grades(tmp_path / "g.csv")
     assert calls.count("alice") == 1 and calls.count("bob") == 2 and calls.count("carol") == 2
     assert (rows["bob"]["status"], float(rows["bob"]["score"])) == ("ok", FULL)

@@ -39,11 +39,15 @@ def _with_first_cell(code: str):
 def _exploits(root, victim_db, port) -> dict[str, str]:
     solution = REPO / "solutions" / ASSIGNMENT / f"{NOTEBOOK}.ipynb"
     return {
-        # every *.db it can find, and the two it knows the names of: scores to 0, a table dropped
+        # every *.db near it (3 levels below each folder above it and in /tmp), and the two it knows the
+        # names of: scores to 0, a table dropped
         "db_writer": f"""
 import glob, os, sqlite3
 hits = []
-for path in glob.glob('/**/*.db', recursive=True) + [{str(victim_db)!r}, {str(REPO / 'autograder/course/gradebook.db')!r}]:
+here = os.path.abspath('.')
+near = [here.rsplit('/', k)[0] or '/' for k in range(1, here.count('/') + 1)]   # every folder above
+found = [p for d in near for p in glob.glob(d + '/*.db') + glob.glob(d + '/*/*.db') + glob.glob(d + '/*/*/*.db')]
+for path in found + glob.glob('/tmp/**/*.db', recursive=True) + [{str(victim_db)!r}, {str(REPO / 'autograder/course/gradebook.db')!r}]:
     try:
         con = sqlite3.connect(path)
         con.execute('UPDATE grade SET auto_score = 0, manual_score = 0')
