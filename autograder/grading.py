@@ -483,8 +483,9 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
     resumed = len(rows)
     todo = [p for p in pairs if p not in rows]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
-    bar = tqdm(total=len(pairs), initial=resumed, desc="grading", unit="submission", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+    # a bar with an ETA on a terminal; nothing when stderr is a file or a pipe (disable=None)
+    bar = tqdm(total=len(pairs), initial=resumed, desc="grading", unit="submission",
+               disable=None if progress else True, file=sys.stderr, dynamic_ncols=True)
     wall_s = max(900, 15 * (config.Execute.timeout or 60))
     with _kernel_environment(sandboxed, limits or sandbox.Limits(wall_s=wall_s)) as tmp:
         _JOB.update(config=config, submissions=submissions, course_dir=course_dir, feedback_dir=feedback_dir,

@@ -5,12 +5,14 @@ and ZeroMQ sockets in a private folder (the only folder of the grader's the sand
 the submission's), and the Execute preprocessor always starts the sandbox's kernel spec, whatever
 kernel the submitted notebook names.
 """
+import asyncio
 import os
 import tempfile
 import time
 
 import nbformat
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import ensure_async
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer, default
 
@@ -67,7 +69,29 @@ class SandboxedExecute(Execute):
         self._output_bytes, self._cell_bytes, self._cut = 0, {}, set()
         self._wall_s = limits_from_env().wall_s
         self._deadline = time.monotonic() + self._wall_s
+        self._hung = False
         return super().preprocess(nb, resources, km)
+
+    async def _async_handle_timeout(self, timeout, cell=None):
+        """A cell ran past its timeout: interrupt it (nbclient), then check the kernel answers again.
+
+        A kernel that does not answer 10 s after the interrupt (it stopped itself, or ignores SIGINT) is
+        killed, and the cells after it are not run: each would only wait out its own timeout.
+        """
+        reply = await super()._async_handle_timeout(timeout, cell)
+        try:
+            await asyncio.wait_for(self._kernel_answers(), 10)
+        except asyncio.TimeoutError:
+            self._hung, self._deadline = True, time.monotonic()
+            await ensure_async(self.km.shutdown_kernel(now=True))
+        return reply
+
+    async def _kernel_answers(self) -> None:
+        msg_id = self.kc.kernel_info()
+        while True:
+            msg = await ensure_async(self.kc.shell_channel.get_msg(timeout=None))
+            if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                return
 
     def _get_timeout(self, cell):
         timeout = super()._get_timeout(cell)
@@ -76,9 +100,10 @@ class SandboxedExecute(Execute):
 
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type == "code" and cell.source.strip() and time.monotonic() >= self._deadline:
-            cell.outputs = [nbformat.v4.new_output(
-                "error", ename="NotebookTimeLimit", evalue=f"not run: the notebook used its {self._wall_s} s",
-                traceback=[f"NotebookTimeLimit: this cell was not run; the notebook had used its {self._wall_s} s"])]
+            why = ("the kernel stopped answering after a cell timed out, and was ended" if self._hung
+                   else f"the notebook had used its {self._wall_s} s")
+            cell.outputs = [nbformat.v4.new_output("error", ename="NotebookTimeLimit", evalue=f"not run: {why}",
+                                                   traceback=[f"NotebookTimeLimit: this cell was not run; {why}"])]
             return cell, resources
         return super().preprocess_cell(cell, resources, index)
 

@@ -1,9 +1,13 @@
 """Measure the budgets the README reports (numbers, not asserts: timings belong here, not in tests).
 
     .venv/bin/python scripts/benchmark.py            # grading speed and notebook execution times
+    .venv/bin/python scripts/benchmark.py class [N]  # a class of N (40) update-rules submissions: --jobs 1,
+                                                     # --jobs 2 and plain `nbgrader autograde`, side by side
     time make test; rm -rf _build && time make book  # the other two rows of the budgets table
 """
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +42,42 @@ def time_grading() -> None:
               f"marginal {(t_all - t_one) / (n - 1):.2f} s per notebook")
 
 
+def time_class(n: int = 40) -> None:
+    """N submissions (the synthetic class's students, repeated), graded three ways on the same files."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_bad_files_class(tmp / "pool")
+        pool = sorted(p.name for p in (tmp / "pool").iterdir()
+                      if p.name not in ("infinite_loop",) and (p / "rlhf_update_rules").is_dir())
+        for i in range(n):
+            shutil.copytree(tmp / "pool" / pool[i % len(pool)], tmp / "class" / f"s{i:03d}_{pool[i % len(pool)]}")
+        times = {}
+        for jobs in (1, 2):
+            t0 = time.perf_counter()
+            rows = grade(tmp / "class", out=tmp / f"g{jobs}.csv", course_dir=tmp / f"c{jobs}", progress=False,
+                         jobs=jobs)
+            times[f"ours, --jobs {jobs} (sandboxed, feedback HTML)"] = time.perf_counter() - t0
+        assert (tmp / "g1.csv").read_bytes() == (tmp / "g2.csv").read_bytes(), "jobs 1 and 2 disagree"
+        # plain nbgrader: the same notebooks in submitted/, its own CLI, no sandbox, no feedback
+        course = tmp / "plain"
+        for student in sorted((tmp / "class").iterdir()):
+            shutil.copytree(student / "rlhf_update_rules", course / "submitted" / student.name / "rlhf_update_rules")
+        nbgrader = [str(Path(sys.executable).parent / "nbgrader")]
+        flags = [f"--CourseDirectory.root={course}", f"--CourseDirectory.source_directory={SOLUTIONS}",
+                 "--Execute.timeout=60", "--log-level=ERROR"]
+        env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        subprocess.run([*nbgrader, "generate_assignment", "rlhf_update_rules", "--force", *flags], check=True,
+                       cwd=tmp, env=env, capture_output=True)
+        t0 = time.perf_counter()
+        subprocess.run([*nbgrader, "autograde", "rlhf_update_rules", "--force", *flags], cwd=tmp, env=env,
+                       capture_output=True)
+        times["plain nbgrader autograde (no sandbox, no feedback)"] = time.perf_counter() - t0
+        graded = sum(r["status"] not in ("invalid", "missing") for r in rows)
+        print(f"{n} submissions ({graded} gradable) of rlhf_update_rules on {os.cpu_count()} cores:")
+        for what, t in times.items():
+            print(f"  {what:52} {t:6.1f} s  {t / n:5.2f} s per submission")
+
+
 def time_notebooks() -> None:
     for a in assignments():
         for nb_name in notebooks(a):
@@ -49,5 +89,8 @@ def time_notebooks() -> None:
 
 
 if __name__ == "__main__":
-    time_notebooks()
-    time_grading()
+    if sys.argv[1:2] == ["class"]:
+        time_class(int(sys.argv[2]) if len(sys.argv) > 2 else 40)
+    else:
+        time_notebooks()
+        time_grading()

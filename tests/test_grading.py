@@ -14,7 +14,7 @@ from autograder.course import ConfigNotLoaded
 from conftest import REPO, autograder, read_grades, run
 from notebook_text import hidden_test_lines, leaked, visible_text
 from synthetic_class import (class_modules, load_class, make_bad_files_class, make_combined_wrong_class, make_wrong_class,
-                             solution_bodies)
+                             solution_bodies, stub, write_submission)
 
 ASSIGNMENT = NOTEBOOK = "rlhf_update_rules"
 
@@ -135,10 +135,42 @@ def test_feedback_for_every_graded_student_without_hidden_tests(graded):
     assert "AssertionError" in text
 
 
-def test_progress_bar_and_summary(graded):
+def test_summary_and_no_progress_bar_in_a_log(graded):
     _, _, _, proc = graded
-    assert "grading" in proc.stderr and "submission" in proc.stderr  # tqdm on stderr
     assert "correct" in proc.stdout and "15/15" in proc.stdout
+    assert "submission/s" not in proc.stderr and "%|" not in proc.stderr   # stderr was a pipe: no bar
+
+
+def test_progress_bar_with_eta_on_a_terminal(tmp_path):
+    import pty
+
+    write_submission(tmp_path / "subs", "s1", ASSIGNMENT, NOTEBOOK, stub(ASSIGNMENT, NOTEBOOK))
+    write_submission(tmp_path / "subs", "s2", ASSIGNMENT, NOTEBOOK, stub(ASSIGNMENT, NOTEBOOK))
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))   # a 160-column terminal
+    proc = subprocess.run([sys.executable, "-m", "autograder", "grade", tmp_path / "subs", "--out",
+                           tmp_path / "g.csv", "--course-dir", tmp_path / "course", "--jobs", "2"],
+                          stderr=follower, stdout=subprocess.PIPE, text=True, cwd=tmp_path, timeout=600)
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(leader)
+    text = screen.decode(errors="replace")
+    assert proc.returncode == 0
+    assert "grading: 100%" in text and "2/2" in text, text[-500:]
+    assert "submission/s" in text or "s/submission" in text, text[-500:]          # the rate, and the ETA:
+    assert "<" in text.split("grading:")[1], text[-500:]                           # [elapsed<remaining]
 
 
 def test_report_pass_rates_failures_histogram_and_lms_files(graded, tmp_path):

@@ -129,8 +129,21 @@ chunk = 'x' * (1 << 20) + '\\n'
 for _ in range(1024):
     sys.stdout.write(chunk)
 """,
-        # the kernel kills itself
+        # the kernel ends itself, three ways
         "os_exit": "import os\nos._exit(0)",
+        "kill9": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
+        "sys_exit": "import sys\nsys.exit(0)",
+        # the kernel stops itself: only the grader's clock can end that
+        "sigstop": "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)",
+        # another student's notebook, graded just before, by its path in nbgrader's folders
+        "copier": f"""
+import glob, json
+for path in glob.glob({str(root / 'course')!r} + '/*/aaa_honest/*/*.ipynb'):
+    nb = json.load(open(path))
+    for cell in nb['cells']:
+        if cell.get('metadata', {{}}).get('nbgrader', {{}}).get('solution'):
+            exec(''.join(cell['source']))
+""",
     }
 
 
@@ -166,7 +179,7 @@ def attacked(tmp_path_factory):
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest()
               for p in (REPO / "solutions").rglob("*") if p.is_file()}
     proc = autograder("grade", subs, "--out", root / "grades.csv", "--course-dir", root / "course", "--db", db,
-                      "--timeout", 30, "--quiet", cwd=root, timeout=1200)
+                      "--timeout", 10, "--quiet", cwd=root, timeout=1200)
     stop.set()
     thread.join()
     server.close()
@@ -177,7 +190,7 @@ def attacked(tmp_path_factory):
 
 
 EXPLOITS = ["db_writer", "solutions_reader", "symlink", "background", "network", "fork_bomb", "memory_bomb",
-            "writer", "flood", "os_exit"]
+            "writer", "flood", "os_exit", "kill9", "sys_exit", "sigstop", "copier"]
 
 
 def test_the_honest_student_keeps_full_marks(attacked):
