@@ -278,34 +278,38 @@ def _autograde_failure(result: dict) -> str:
     return causes[-1][:300] if causes else _last_line(result.get("error"))
 
 
-def _summarise_outputs(autograded: Path, row: Row, timeout: int) -> None:
+def _read_autograded(autograded: Path) -> dict[str, nbformat.NotebookNode]:
+    """notebook name -> the autograded copy (outputs included), read once for the notes and the scores."""
+    return {path.stem: nbformat.read(path, as_version=4) for path in sorted(autograded.glob("*.ipynb"))}
+
+
+def _summarise_outputs(autograded: dict, row: Row, timeout: int) -> None:
     """Add a note for cells that hit the time limit (the usual sign of an infinite loop)."""
-    for path in sorted(autograded.glob("*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
+    for nb_name, nb in autograded.items():
         timed_out = [_nbgrader_meta(c).get("grade_id", f"cell {i}")
                      for i, c in enumerate(nb.cells) if c.cell_type == "code"
                      and any(o.get("ename") == "CellTimeoutError" for o in c.get("outputs", []))]
         if timed_out:
-            row.note("warning", f"{path.stem}: {', '.join(timed_out)} ran longer than {timeout}s and "
+            row.note("warning", f"{nb_name}: {', '.join(timed_out)} ran longer than {timeout}s and "
                                 "were interrupted (infinite loop?)")
 
 
-def _failure_messages(autograded: Path) -> dict[tuple[str, str], str]:
+def _failure_messages(autograded: dict) -> dict[tuple[str, str], str]:
     """(notebook, grade_id) -> "Error: message" of each test cell that raised, from the autograded copies."""
     out = {}
-    for path in sorted(autograded.glob("*.ipynb")):
-        for cell in nbformat.read(path, as_version=4).cells:
+    for nb_name, nb in autograded.items():
+        for cell in nb.cells:
             errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
             if errors and _nbgrader_meta(cell).get("grade_id"):
                 e = errors[-1]
-                out[path.stem, _nbgrader_meta(cell)["grade_id"]] = first_line(f"{e.get('ename')}: {e.get('evalue')}")[:300]
+                out[nb_name, _nbgrader_meta(cell)["grade_id"]] = first_line(f"{e.get('ename')}: {e.get('evalue')}")[:300]
     return out
 
 
-def _record_scores(db_url: str, row: Row, autograded: Path | None = None) -> None:
+def _record_scores(db_url: str, row: Row, autograded: dict) -> None:
     from nbgrader.api import Gradebook, MissingEntry
 
-    messages = _failure_messages(autograded) if autograded is not None else {}
+    messages = _failure_messages(autograded)
     with Gradebook(db_url) as gb:
         try:
             submission = gb.find_submission(row.assignment, row.student_id)
@@ -399,8 +403,9 @@ def _grade_one(api, config, submissions: Path, course_dir: Path, feedback_dir: P
             row.note("error", f"nbgrader could not autograde this submission: {_autograde_failure(result)}")
             return
         row.notes.append(f"graded on the second attempt (the first failed: {first_error})")
-    _summarise_outputs(course_dir / "autograded" / student / name, row, config.Execute.timeout)
-    _record_scores(config.CourseDirectory.db_url, row, course_dir / "autograded" / student / name)
+    autograded = _read_autograded(course_dir / "autograded" / student / name)
+    _summarise_outputs(autograded, row, config.Execute.timeout)
+    _record_scores(config.CourseDirectory.db_url, row, autograded)
     result = api.generate_feedback(name, student, force=True)
     if not result["success"]:
         row.note("warning", "feedback HTML could not be generated")
