@@ -5,17 +5,22 @@ and ZeroMQ sockets in a private folder (the only folder of the grader's the sand
 the submission's), and the Execute preprocessor always starts the sandbox's kernel spec, whatever
 kernel the submitted notebook names.
 """
+import ast
 import asyncio
+import json
 import os
 import tempfile
 import time
+from pathlib import Path
+from queue import Empty
 
 import nbformat
 from jupyter_client.manager import AsyncKernelManager
-from jupyter_core.utils import ensure_async
+from jupyter_core.utils import ensure_async, run_sync
 from nbgrader.preprocessors import Execute
-from traitlets import Bool, Integer, default
+from traitlets import Bool, Integer, Unicode, default
 
+from autograder import verify
 from autograder.sandbox import KERNEL_NAME, limits_from_env
 
 
@@ -38,7 +43,95 @@ def _content_bytes(content: dict) -> int:
     return len(content.get("text") or "") + sum(len(v) if isinstance(v, str) else len(str(v)) for v in data.values())
 
 
-class SandboxedExecute(Execute):
+def test_cell_id(cell) -> str | None:
+    """The grade_id of an autograded test cell, else None."""
+    meta = (cell.get("metadata") or {}).get("nbgrader") or {}
+    return meta.get("grade_id") if meta.get("grade") and not meta.get("solution") else None
+
+
+def _error(ename: str, evalue: str):
+    return nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
+
+
+class VerifiedExecute(Execute):
+    """nbgrader's Execute, with each test cell's graded calls checked outside the kernel.
+
+    Before the first cell the recorder (``autograder.recorder``) is loaded into the kernel; around each
+    test cell, two silent requests restore the kernel's pristine state and collect the cell's records,
+    which ``autograder.verify`` compares with the solution's. A cell that disagrees gets an error output
+    (``OutsideCheckError``): nbgrader then scores it 0. With ``record_only`` (the trusted run of the
+    solution notebook) the records are kept in ``self.records`` instead.
+    """
+
+    trusted_dir = Unicode("", help="folder of <assignment>/<notebook>.json plans; empty: no outside check"
+                          ).tag(config=True)
+    record_only = Bool(False, help="keep each test cell's records (the solution's run)").tag(config=True)
+    request_timeout = Integer(60, help="seconds for each of the checker's own requests").tag(config=True)
+    plan: dict | None = None      # graded names, modules to restore, each test cell's trusted records
+
+    def preprocess(self, nb, resources=None, km=None):
+        self.plan = self._load_plan(resources) if not self.record_only else self.plan
+        self.records, self._installed = {}, False
+        return super().preprocess(nb, resources, km)
+
+    def _load_plan(self, resources) -> dict | None:
+        info = (resources or {}).get("nbgrader") or {}
+        if not self.trusted_dir or not info.get("assignment"):
+            return None
+        path = Path(self.trusted_dir) / info["assignment"] / f"{info['notebook']}.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    async def _async_request(self, code: str, expressions: dict | None = None) -> dict | None:
+        """A silent request; its reply's content, or None when the kernel did not answer in time."""
+        msg_id = await ensure_async(self.kc.execute(code, silent=True, store_history=False,
+                                                    user_expressions=expressions or {}, allow_stdin=False,
+                                                    stop_on_error=False))
+        deadline = time.monotonic() + self.request_timeout
+        while time.monotonic() < deadline:
+            try:
+                msg = await ensure_async(self.kc.shell_channel.get_msg(timeout=1))
+            except Empty:
+                if not await ensure_async(self.kc.is_alive()):
+                    return None
+                continue
+            if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                return msg.get("content") or {}
+        await ensure_async(self.km.interrupt_kernel())
+        return None
+
+    _request = run_sync(_async_request)
+
+    def _records(self) -> list | None:
+        """The records of the cell that just ran, read from the reply to the ``end`` request."""
+        reply = self._request("", {"r": verify.END_EXPRESSION})
+        value = ((reply or {}).get("user_expressions") or {}).get("r") or {}
+        try:
+            return json.loads(ast.literal_eval(value["data"]["text/plain"]))
+        except Exception:   # missing, an error, not a string, not JSON: the records did not come back
+            return None
+
+    def preprocess_cell(self, cell, resources, index):
+        if self.plan is None or cell.cell_type != "code" or not cell.source.strip():
+            return super().preprocess_cell(cell, resources, index)
+        if not self._installed:
+            self._installed = True
+            self._request("", {"install": verify.install_expression(self.plan["names"], self.plan["modules"])})
+        grade_id = test_cell_id(cell)
+        if grade_id is None:
+            return super().preprocess_cell(cell, resources, index)
+        self._request("", {"begin": verify.BEGIN_EXPRESSION})
+        cell, resources = super().preprocess_cell(cell, resources, index)
+        records = self._records()
+        if self.record_only:
+            self.records[grade_id] = records
+            return cell, resources
+        why = verify.disagreement(self.plan["cells"].get(grade_id) or [], records)
+        if why and not any(o.get("output_type") == "error" for o in cell.outputs):
+            cell.outputs.append(_error("OutsideCheckError", f"the grader's own check of this cell failed: {why}"))
+        return cell, resources
+
+
+class SandboxedExecute(VerifiedExecute):
     """nbgrader's Execute, with the kernel always started in the sandbox and its output capped.
 
     The notebook's wall-clock limit (``Limits.wall_s``) is kept here, outside the kernel: each cell's

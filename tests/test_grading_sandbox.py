@@ -18,7 +18,7 @@ import uuid
 import nbformat
 import pytest
 
-from autograder import sandbox
+from autograder import sandbox, verify
 from conftest import REPO, autograder, read_grades
 from synthetic_class import fill, solution_bodies, stub, write_submission
 
@@ -144,7 +144,98 @@ for path in glob.glob({str(root / 'course')!r} + '/*/aaa_honest/*/*.ipynb'):
         if cell.get('metadata', {{}}).get('nbgrader', {{}}).get('solution'):
             exec(''.join(cell['source']))
 """,
+        # ----- code that stays in the kernel and games the test cells themselves (issue 11, item 2). Each
+        # drops the stub's own answer cells (an input transformer) so that its fake answers stay defined.
+        "input_transformer": _KEEP_FAKES + """
+def _skip_tests(lines):
+    return ['pass\\n'] if any('assert' in line for line in lines) else lines
+get_ipython().input_transformers_post.append(_skip_tests)
+""",
+        "ast_transformer": _KEEP_FAKES + """
+import ast
+class _NoAsserts(ast.NodeTransformer):
+    def visit_Assert(self, node):
+        return ast.Pass()
+    def visit_Raise(self, node):
+        return ast.Pass()
+get_ipython().ast_transformers.append(_NoAsserts())
+""",
+        "exception_handlers": _KEEP_FAKES + """
+import sys
+sys.excepthook = lambda *args: None
+get_ipython().set_custom_exc((BaseException,), lambda *args, **kwargs: None)
+get_ipython().showtraceback = lambda *args, **kwargs: None
+get_ipython()._showtraceback = lambda *args, **kwargs: None
+_kernel = get_ipython().kernel
+_do_execute = _kernel.do_execute
+async def _always_ok(*args, **kwargs):
+    reply = await _do_execute(*args, **kwargs)
+    return {**reply, 'status': 'ok'}
+_kernel.do_execute = _always_ok
+""",
+        "patched_modules": _KEEP_FAKES + _LIARS,
+        "lying_objects": _KEEP_FAKES + """
+import numpy as np
+class _Liar(np.ndarray):
+    def __eq__(self, other): return True
+    def __ne__(self, other): return False
+    def __float__(self): return 1.0
+def rlhf_weight_update(weights, *args, **kwargs):
+    return np.asarray(weights, dtype=float).view(_Liar)
+def rlhf_policy_gradient(log_probs, *args, **kwargs):
+    return {"loss": np.zeros(()).view(_Liar),
+            "updated_log_probs": np.asarray(log_probs, dtype=float).view(_Liar),
+            "mean_reward": np.zeros(()).view(_Liar), "mean_advantage": np.zeros(()).view(_Liar)}
+""" + _LIARS,
+        # the solution's records that the outside check compares with: could the kernel read them, it
+        # could hand them back as its own
+        "trusted_reader": f"""
+import glob, os
+found = []
+for pattern in ({str(root / 'course' / 'trusted')!r} + '/**/*.json', os.path.expanduser('~/.cache/**/*.json'),
+                {str(verify.cache_dir())!r} + '/*.json', '/root/.cache/autograder/*.json', '/tmp/**/*.json'):
+    for path in glob.glob(pattern, recursive=True):
+        try:
+            if '"cells"' in open(path).read():       # a plan: {{"names", "modules", "cells"}}
+                found.append(path)
+        except OSError:
+            pass
+print('{MARK}: read', len(found), 'trusted files', found)
+""",
+        "recorder_tamper": _KEEP_FAKES + _LIARS + """
+import sys
+_rec = sys.modules.get('_autograder_recorder')
+if _rec is not None:
+    _rec.begin = lambda: None
+    _rec.end = lambda: '[]'
+""",
     }
+
+
+# Fake answers, kept in place of the stub's answer cells (which would raise NotImplementedError).
+_KEEP_FAKES = """
+import numpy as np
+def rlhf_weight_update(weights, *args, **kwargs):
+    return np.array(weights, dtype=float)
+def rlhf_policy_gradient(log_probs, *args, **kwargs):
+    return {"loss": 0.0, "updated_log_probs": np.array(log_probs, dtype=float), "mean_reward": 0.0,
+            "mean_advantage": 0.0}
+def _drop_answer_cells(lines):
+    return ['pass\\n'] if any(line.startswith('def rlhf_') for line in lines) else lines
+get_ipython().input_transformers_post.append(_drop_answer_cells)
+"""
+
+# Comparisons that say "equal" in `assert np.allclose(...)` and "different" in `assert not np.allclose(...)`,
+# in numpy, math, torch and the course's helper package.
+_LIARS = """
+import inspect, math, numpy as np, torch, rlhf_course
+def _liar(*args, **kwargs):
+    line = ''.join(inspect.stack()[1].code_context or [])
+    return 'not ' not in line
+np.allclose = np.isclose = np.array_equal = math.isclose = torch.allclose = _liar
+np.testing.assert_allclose = np.testing.assert_array_equal = lambda *args, **kwargs: None
+rlhf_course.finite_difference_grad = finite_difference_grad = lambda f, x, *args, **kwargs: np.zeros_like(x)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +281,9 @@ def attacked(tmp_path_factory):
 
 
 EXPLOITS = ["db_writer", "solutions_reader", "symlink", "background", "network", "fork_bomb", "memory_bomb",
-            "writer", "flood", "os_exit", "kill9", "sys_exit", "sigstop", "copier"]
+            "writer", "flood", "os_exit", "kill9", "sys_exit", "sigstop", "copier",
+            "input_transformer", "ast_transformer", "exception_handlers", "patched_modules", "lying_objects",
+            "recorder_tamper", "trusted_reader"]
 
 
 def test_the_honest_student_keeps_full_marks(attacked):
@@ -233,6 +326,19 @@ def test_no_process_outlives_grading(attacked):
 
 def test_no_connection_reaches_the_grader_machine(attacked):
     assert attacked["received"] == []
+
+
+def test_the_kernel_cannot_read_the_solutions_records(attacked):
+    nb = nbformat.read(attacked["root"] / "course" / "autograded" / "trusted_reader" / ASSIGNMENT / f"{NOTEBOOK}.ipynb",
+                       as_version=4)
+    printed = "".join(o.get("text", "") for o in nb.cells[0].outputs)
+    assert f"{MARK}: read 0 trusted files" in printed, printed
+    assert list((attacked["root"] / "course" / "trusted").rglob("*.json")), "the grader kept no records"
+
+
+def test_an_outside_check_failure_is_named_in_the_feedback(attacked):
+    html = (attacked["root"] / "feedback" / "recorder_tamper" / ASSIGNMENT / f"{NOTEBOOK}.html").read_text()
+    assert "OutsideCheckError" in html and "rlhf_weight_update was called 0 time(s)" in html
 
 
 def test_a_flood_of_output_is_cut(attacked):

@@ -1,0 +1,183 @@
+"""The outside check's pieces, without grading: encoding in the kernel, comparison in the grader, and
+the recorder in a real IPython kernel (pristine state restored, calls recorded, records read back)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from autograder import recorder, verify
+from autograder.verify import disagreement, same
+
+
+def rec(name, args, result=None, **extra):
+    return {"name": name, "args": recorder.encode([list(args), {}]), "result": recorder.encode(result),
+            "mutated": False, **extra}
+
+
+def test_encode_is_plain_json_for_numbers_arrays_tensors_and_containers():
+    values = [1, 2.5, float("nan"), True, None, "s", np.float64(3.0), np.arange(6.0).reshape(2, 3),
+              torch.ones(2, requires_grad=True), (1, [2, {"k": 3}]), np.zeros(10_000)]
+    enc = recorder.encode(values)
+    assert json.loads(json.dumps(enc)) == json.loads(json.dumps(enc))       # round-trips as JSON
+    items = enc["items"]
+    assert items[7] == {"t": "array", "shape": [2, 3], "dtype": "float64", "data": [0, 1, 2, 3, 4, 5]}
+    assert items[8]["t"] == "tensor" and items[8]["grad"] is True
+    assert "summary" in items[10] and len(items[10]["summary"]["samples"]) == recorder.SAMPLES
+
+
+def test_objects_that_lie_are_encoded_by_type_not_by_what_they_claim():
+    class Liar(float):
+        def __eq__(self, other):
+            return True
+
+        def __float__(self):
+            return 1.05
+
+    class LyingArray(np.ndarray):
+        def __eq__(self, other):
+            return True
+
+    assert recorder.encode(Liar(0.0)) == {"t": "obj", "type": "Liar"}
+    assert not same(recorder.encode(1.05), recorder.encode(Liar(0.0)))
+    # an ndarray subclass is still an array: its real values are compared, whatever its __eq__ says
+    lying = np.zeros(2).view(LyingArray)
+    assert not same(recorder.encode(np.array([1.05, 0.95])), recorder.encode(lying))
+
+
+@pytest.mark.parametrize("t, s, agree", [
+    (1.0, 1.0 + 1e-9, True),
+    (1.0, 1.01, False),
+    (np.array([1.0, 2.0]), torch.tensor([1.0, 2.0], dtype=torch.float64), True),   # array vs tensor: values count
+    (np.array([1.0, 2.0]), np.array([1.0, 2.0, 3.0]), False),                      # shapes are strict
+    (np.zeros((2, 3)), np.zeros((3, 2)), False),
+    ((1.0, 2.0), [1.0, 2.0], True),
+    ({"loss": 1.0}, {"loss": 1.0, "extra": 0}, False),
+    (float("nan"), float("nan"), True),
+    (float("inf"), 1e308, False),
+    (np.float64(0.5), 0.5, True),
+    (torch.tensor(0.5), 0.5, True),                                                 # 0-d tensor vs float
+    (np.arange(10_000.0), np.arange(10_000.0) * (1 + 1e-7), True),                 # summaries, within tolerance
+    (np.arange(10_000.0), np.arange(10_000.0)[::-1].copy(), False),
+    ("token-mean", "seq-mean", False),
+])
+def test_same(t, s, agree):
+    assert same(recorder.encode(t), recorder.encode(s)) is agree
+
+
+def test_disagreement_says_which_call_and_never_the_values():
+    x = np.array([1.0, 2.0])
+    trusted = [rec("f", (x,), x * 2), rec("f", (x + 1,), (x + 1) * 2), rec("g", (3.0,), 9.0)]
+    assert disagreement(trusted, [rec("f", (x,), x * 2), rec("f", (x + 1,), (x + 1) * 2),
+                                  rec("g", (3.0,), 9.0)]) is None
+    wrong = disagreement(trusted, [rec("f", (x,), x * 2), rec("f", (x + 1,), x * 0), rec("g", (3.0,), 9.0)])
+    assert wrong == "call 2 of f returned a different value"
+    assert "4" not in wrong and "6" not in wrong
+    assert "g was called 0 time(s)" in disagreement(trusted, [rec("f", (x,), x * 2), rec("f", (x + 1,), (x + 1) * 2)])
+    # easy inputs of its own choosing do not count
+    assert "first call of f did not receive the test's inputs" in disagreement(
+        trusted, [rec("f", (x * 0,), x * 0), rec("f", (x + 1,), (x + 1) * 2), rec("g", (3.0,), 9.0)])
+    # a later call on other inputs (a micro-run that drifted by rounding) is skipped, not failed
+    assert disagreement(trusted, [rec("f", (x,), x * 2), rec("f", (x + 5,), x), rec("g", (3.0,), 9.0)]) is None
+    assert "could not be read back" in disagreement(trusted, None)
+    assert "could not be read back" in disagreement(trusted, [{"no": "name"}])
+    assert disagreement([], None) is None          # nothing to check outside: the kernel's own result stands
+
+
+def test_exceptions_mutation_gradients_and_state():
+    raised = {**rec("f", (1,)), "raised": ["ValueError", "Exception", "BaseException", "object"]}
+    raised.pop("result")
+    assert disagreement([raised], [raised]) is None
+    assert "did not raise ValueError" in disagreement([raised], [rec("f", (1,), 0.0)])
+    assert disagreement([rec("f", (1,), 2.0)], [{**rec("f", (1,), 2.0), "mutated": True}]) == \
+        "call 1 of f changed its inputs"
+    t = torch.ones(2, requires_grad=True) * 2
+    assert "without a gradient" in disagreement([rec("f", (1,), t)], [rec("f", (1,), t.detach())])
+    # a method that returns None where the student's returns a value: the result is not compared ...
+    ok = rec("C.update", (1.0, 2), None, state={"value": recorder.encode(0.5)})
+    assert disagreement([ok], [rec("C.update", (1.0, 2), 0.5, state={"value": recorder.encode(0.5),
+                                                                      "own": 1})]) is None
+    # ... but the documented attribute is
+    assert "attributes different" in disagreement([ok], [rec("C.update", (1.0, 2), None,
+                                                             state={"value": recorder.encode(0.6)})])
+    assert "without the documented attributes" in disagreement([ok], [rec("C.update", (1.0, 2), None,
+                                                                          state={"beta": recorder.encode(0.5)})])
+
+
+def test_graded_names_skip_torch_modules_and_private_helpers():
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    code = ("def f(x):\n    return x\n\ndef _helper():\n    pass\n\nclass Ctl:\n    pass\n\n"
+            "class RewardModel(nn.Module):\n    pass\n")
+    nb.cells = [nbformat.v4.new_code_cell(code, metadata={"nbgrader": {"solution": True, "grade_id": "a"}}),
+                nbformat.v4.new_code_cell("def g():\n    pass", metadata={"nbgrader": {"grade": True}}),
+                nbformat.v4.new_code_cell("import torch\nfrom rlhf_course.checks import x")]
+    assert verify.graded_names(nb) == ["f", "Ctl"]
+    modules = verify.imported_modules(nb)
+    assert {"torch", "torch.testing", "rlhf_course.checks", "math"} <= set(modules)
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    yield kc
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+
+
+def _run(kc, code, silent=False, expressions=None):
+    msg_id = kc.execute(code, silent=silent, user_expressions=expressions or {})
+    errors = []
+    while True:
+        msg = kc.get_iopub_msg(timeout=60)
+        if msg["parent_header"].get("msg_id") == msg_id:
+            if msg["msg_type"] == "error":
+                errors.append(msg["content"]["ename"])
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+    reply = kc.get_shell_msg(timeout=60)["content"]
+    return reply, errors
+
+
+def _end(kc):
+    import ast
+
+    reply, _ = _run(kc, "", silent=True, expressions={"r": verify.END_EXPRESSION})
+    return json.loads(ast.literal_eval(reply["user_expressions"]["r"]["data"]["text/plain"]))
+
+
+def test_the_recorder_restores_the_kernel_and_records_top_level_calls(kernel):
+    kc = kernel
+    reply, _ = _run(kc, "", silent=True, expressions={"i": verify.install_expression(["double", "Ctl"],
+                                                                                     ["math", "numpy"])})
+    assert reply["user_expressions"]["i"]["status"] == "ok", reply
+    _run(kc, "import numpy as np, math\n"
+             "def double(x):\n    return 2 * x\n"
+             "def quad(x):\n    return double(double(x))\n"
+             "class Ctl:\n    def __init__(self, v):\n        self.value = v\n"
+             "    def update(self, k):\n        self.value *= k\n")
+    # a student's cell games the kernel every way it can from inside
+    _run(kc, "import sys\n"
+             "get_ipython().input_transformers_post.append(lambda lines: ['pass\\n'])\n"
+             "np.allclose = lambda *a, **k: True\nmath.isclose = lambda *a, **k: True\n"
+             "sys.excepthook = lambda *a: None\nget_ipython()._showtraceback = lambda *a, **k: None\n")
+    reply, _ = _run(kc, "", silent=True, expressions={"b": verify.BEGIN_EXPRESSION})
+    assert reply["user_expressions"]["b"]["status"] == "ok", reply
+    reply, errors = _run(kc, "assert not np.allclose([1.0], [2.0]) and not math.isclose(1.0, 2.0)\n"
+                             "double(np.array([1.0, 2.0]))\nfor k in range(20):\n    double(k)\n"
+                             "quad(1.0)\nc = Ctl(1.0)\nc.update(3.0)\nassert False, 'shown'")
+    assert reply["status"] == "error" and errors == ["AssertionError"]   # transformer gone, traceback shown
+    records = _end(kc)
+    names = [r["name"] for r in records]
+    # double: its own calls up to MAX_CALLS (quad's inner calls are quad's, not recorded); the class's methods
+    assert names.count("double") == recorder.MAX_CALLS and names.count("Ctl.update") == 1
+    assert records[0]["args"]["items"][0]["items"][0]["data"] == [1.0, 2.0]
+    assert records[0]["result"]["data"] == [2.0, 4.0]
+    update = next(r for r in records if r["name"] == "Ctl.update")
+    assert update["state"] == {"value": 3.0} and update["result"] is None
+    # after the cell the names are the student's own functions again
+    reply, _ = _run(kc, "assert not hasattr(double, '__autograder_original__')")
+    assert reply["status"] == "ok"
