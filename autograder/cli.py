@@ -3,8 +3,10 @@
     python -m autograder release                 # solutions/ -> exercises/ (nbgrader generate_assignment)
     python -m autograder validate                # solutions pass every test, stubs fail every test
     python -m autograder grade SUBMISSIONS_DIR   # nbgrader autograde (kernels sandboxed) + feedback + grades.csv
+    python -m autograder merge SHARD_DIRS...     # the course dirs of `grade --shard K/N` -> one CSV + gradebook
     python -m autograder report grades.csv       # pass rates per test cell, common failures, histograms, LMS CSV
     python -m autograder notebooks [--check]     # book/**/<page>.md -> the .ipynb its launch buttons open
+    python -m autograder export-student DIR      # the repository students clone: no solutions, no grading
 """
 import argparse
 import logging
@@ -152,6 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-sandbox", action="store_true",
                    help="run the students' kernels without the sandbox, with your permissions (not recommended; "
                         "the CSV says so on every row)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="grade only shard K of N (1 <= K <= N) of the class, chosen by a hash of the student id; "
+                        "give each shard its own --course-dir, then `merge` them")
+    p = sub.add_parser("merge", help="merge the course dirs of `grade --shard K/N` runs into one CSV and gradebook")
+    p.add_argument("shards", type=Path, nargs="+", help="every shard's --course-dir")
+    p.add_argument("--out", type=Path, default=Path("grades.csv"), help="merged CSV (default: grades.csv)")
+    p.add_argument("--db", type=Path, default=Path("gradebook.db"),
+                   help="merged nbgrader gradebook; an existing one is merged into (default: gradebook.db)")
+    p.add_argument("--course-dir", type=Path, default=None,
+                   help="also copy the shards' per-submission results here, for `report --course-dir`")
     p = sub.add_parser("report", help="pass rates per test cell, common failures, score histograms; LMS CSVs")
     p.add_argument("grades", type=Path, help="the grades CSV `grade` wrote")
     p.add_argument("--out-dir", type=Path, default=None, help="where report.md and the PNGs go (default: a "
@@ -160,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="the --course-dir the class was graded with (default: autograder/course)")
     p.add_argument("--format", choices=["canvas", "moodle"], default=None,
                    help="also write grades_<format>.csv in that LMS's grade-import layout")
+    p = sub.add_parser("export-student", help="write the student edition (no solutions, hidden tests or grading "
+                       "tools) into a new or empty folder")
+    p.add_argument("dir", type=Path, help="a new or empty folder outside the course, e.g. ../rlhf-course-student")
+    p.add_argument("--url", default=None, help="the edition's GitHub repository, which its launch buttons open "
+                   "(default: repository.url of _config.yml + '-student')")
+    p.add_argument("--branch", default=None, help="its branch (default: repository.branch of _config.yml)")
     args = parser.parse_args(argv)
 
     try:
@@ -172,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: --jobs must be at least 1, not {args.jobs}", file=sys.stderr)
                 return 2
             return validate(args.assignments, jobs=args.jobs)
+        if args.command == "export-student":
+            from autograder.edition import main as edition_main
+
+            return edition_main(args)
         if args.command == "report":
             from autograder.report import main as report_main
 
@@ -179,9 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         from autograder.grading import GradingError, grade
 
         try:
+            if args.command == "merge":
+                from autograder.shard import merge
+
+                rows = merge(args.shards, out=args.out, db=args.db, course_dir=args.course_dir)
+                print(f"merged {len(args.shards)} shards: wrote {args.out} ({len(rows)} rows) and {args.db}")
+                return 0
             grade(args.submissions, out=args.out, feedback_dir=args.feedback_dir, course_dir=args.course_dir,
                   db=args.db, timeout=args.timeout, only=args.only, progress=not args.quiet,
-                  sandboxed=not args.no_sandbox, resume=args.resume, jobs=args.jobs)
+                  sandboxed=not args.no_sandbox, resume=args.resume, jobs=args.jobs, shard=args.shard)
         except GradingError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

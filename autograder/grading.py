@@ -23,7 +23,7 @@ from pathlib import Path
 
 import nbformat
 
-from autograder import sandbox
+from autograder import feedback, sandbox
 from autograder.course import EXERCISES, PACKAGE, SOLUTIONS, assignments, first_line, load_config, notebooks
 
 CSV_FIELDS = ["student_id", "assignment", "score", "max_score", "status", "message"]
@@ -87,8 +87,15 @@ def _last_line(text: str | None, default: str = "unknown error") -> str:
     return lines[-1] if lines else default
 
 
+MAX_NOTEBOOK_BYTES = 50 * 2**20   # the course's notebooks are < 2 MB with outputs; a bigger one is not read
+
+
 def _read_notebook(path: Path):
     """Parse and validate a submitted notebook; raise ValueError with a student-readable reason."""
+    size = path.stat().st_size
+    if size > MAX_NOTEBOOK_BYTES:
+        raise ValueError(f"{path.name} is {size / 2**20:.0f} MB, more than a notebook of this course can be "
+                         f"({MAX_NOTEBOOK_BYTES // 2**20} MB): clear its outputs and hand it in again")
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
@@ -112,18 +119,104 @@ def _configure(config, course_dir: Path, db: Path, timeout: int | None, sandboxe
     config.CourseDirectory.db_url = f"sqlite:///{db}?timeout=60"
     if timeout is not None:
         config.Execute.timeout = timeout
-    if sandboxed:
-        from nbgrader.converters.autograde import Autograde
-        from nbgrader.preprocessors import Execute
+    from nbgrader.converters.autograde import Autograde
+    from nbgrader.preprocessors import Execute
 
-        from autograder.kernel import SandboxedExecute
+    from autograder.kernel import SandboxedExecute, VerifiedExecute
 
-        # nbgrader's own list, with Execute's kernel in the sandbox; it must be there to be replaced
-        steps = Autograde.class_traits()["autograde_preprocessors"].default()
-        if Execute not in steps:
-            raise GradingError(f"nbgrader's autograde steps changed ({steps}): cannot put its kernel in the sandbox")
-        config.Autograde.autograde_preprocessors = [SandboxedExecute if p is Execute else p for p in steps]
+    # nbgrader's own list, with Execute checked from outside (and its kernel in the sandbox); it must be
+    # there to be replaced
+    steps = Autograde.class_traits()["autograde_preprocessors"].default()
+    if Execute not in steps:
+        raise GradingError(f"nbgrader's autograde steps changed ({steps}): cannot check its kernel from outside")
+    ours = SandboxedExecute if sandboxed else VerifiedExecute
+    config.Autograde.autograde_preprocessors = [ours if p is Execute else p for p in steps]
+    config.VerifiedExecute.trusted_dir = str(course_dir / "trusted")
     return config
+
+
+def _executor(config, sandboxed: bool):
+    from autograder.kernel import SandboxedExecute, VerifiedExecute
+
+    return (SandboxedExecute if sandboxed else VerifiedExecute)(config=config)
+
+
+def _prepare_outside_check(config, names: list[str], course_dir: Path, sandboxed: bool, progress: bool,
+                           jobs: int) -> None:
+    """Record the solution's graded calls in every test cell (``autograder.verify``), once per version of
+    each solution notebook (``jobs`` at a time), and put them where the grader, not the sandbox, reads them."""
+    from autograder.verify import cache_dir, cached_plan, outside_share
+
+    if sandboxed and any(cache_dir().resolve().is_relative_to(root) for root in sandbox.read_only_roots()):
+        raise GradingError(f"the outside check's cache {cache_dir()} is inside a folder the sandbox can read: "
+                           "set AUTOGRADER_CACHE to a folder of the grader's own")
+    solutions = [SOLUTIONS / name / f"{nb}.ipynb" for name in names for nb in notebooks(name)]
+    plans = {path: cached_plan(path) for path in solutions}
+    todo = [path for path, plan in plans.items() if plan is None]
+    _TRUSTED.update(config=config, sandboxed=sandboxed)
+    if len(todo) > 1 and jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("fork")) as pool:
+            results = list(pool.map(_record_trusted, todo))
+    else:
+        results = [_record_trusted(path) for path in todo]
+    for path, (plan, error) in zip(todo, results):
+        if error:
+            raise GradingError(error)
+        plans[path] = plan
+    for path, plan in plans.items():
+        dest = course_dir / "trusted" / path.parent.name / path.name.replace(".ipynb", ".json")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(json.dumps(plan), encoding="utf-8")
+        if progress:
+            values, structure, total = outside_share(plan, nbformat.read(path, as_version=4))
+            print(f"{path.parent.name}/{path.stem}: of {_fmt(total)} points, {_fmt(values)} checked outside the "
+                  f"students' kernels by value, {_fmt(structure)} by the shape of their calls", file=sys.stderr)
+
+
+_TRUSTED: dict = {}
+"""The configuration the trusted runs use, set by ``_prepare_outside_check`` (inherited by forked workers)."""
+
+
+def _record_trusted(solution: Path) -> tuple[dict | None, str | None]:
+    """Run one solution notebook with the recorder (in this process or a worker): (plan, None) or
+    (None, why it failed)."""
+    from autograder.kernel import test_cell_id
+    from autograder.verify import record_plan
+
+    config, sandboxed = _TRUSTED["config"], _TRUSTED["sandboxed"]
+
+    def run(nb, workdir, plan):
+        executor = _executor(config, sandboxed)
+        executor.record_only, executor.plan = True, plan
+        executor.timeout = max(config.Execute.timeout or 0, 300)   # the solution must not fail on time
+        with _setenv(NBGRADER_EXECUTION="autograde"):
+            executor.preprocess(nb, {"metadata": {"path": str(workdir)}})
+        failed = [gid for cell in nb.cells if (gid := test_cell_id(cell))
+                  and any(o.get("output_type") == "error" for o in cell.get("outputs", []))]
+        return executor.records, failed
+
+    try:
+        return record_plan(solution, run), None
+    except Exception as exc:
+        return None, f"the outside check could not run the solution {solution.parent.name}/{solution.name}: " \
+                     f"{first_line(str(exc)) or type(exc).__name__}"
+
+
+@contextlib.contextmanager
+def _setenv(**values: str):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager
@@ -184,6 +277,16 @@ def _prepare_gradebook(api, db_url: str, names: list[str]) -> dict[str, float]:
         with Gradebook(db_url) as gb:
             max_scores[name] = float(gb.find_assignment(name).max_score)
     return max_scores
+
+
+def _add_students(db_url: str, students: list[str]) -> None:
+    """Every student in the gradebook before grading: parallel jobs grading one student's assignments
+    would otherwise race to create the same student row."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(db_url) as gb:
+        for student in students:
+            gb.update_or_create_student(student)
 
 
 def _warn_if_stale(db_url: str, name: str) -> None:
@@ -406,14 +509,13 @@ def _grade_one(api, config, submissions: Path, course_dir: Path, feedback_dir: P
     autograded = _read_autograded(course_dir / "autograded" / student / name)
     _summarise_outputs(autograded, row, config.Execute.timeout)
     _record_scores(config.CourseDirectory.db_url, row, autograded)
-    result = api.generate_feedback(name, student, force=True)
+    result = feedback.generate(api, name, student)      # the course's template (autograder/feedback.py)
     if not result["success"]:
         row.note("warning", "feedback HTML could not be generated")
         return
     src, dst = course_dir / "feedback" / student / name, feedback_dir / student / name
     try:
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst)
+        feedback.publish(src, dst)                        # with MathJax beside the HTML
     except OSError as exc:
         row.note("warning", f"feedback HTML could not be copied to {dst}: {exc.strerror or exc}")
 
@@ -421,7 +523,8 @@ def _grade_one(api, config, submissions: Path, course_dir: Path, feedback_dir: P
 def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path | None = None,
           course_dir: Path | None = None, db: Path | None = None, timeout: int | None = None,
           only: list[str] | None = None, progress: bool = True, sandboxed: bool = True,
-          limits: sandbox.Limits | None = None, resume: bool = False, jobs: int | None = None) -> list[dict]:
+          limits: sandbox.Limits | None = None, resume: bool = False, jobs: int | None = None,
+          shard: str | None = None) -> list[dict]:
     """Autograde every student × assignment under `submissions`; write the CSV and feedback HTML.
 
     sandboxed=False (``--no-sandbox``) runs the students' kernels with the grader's own permissions;
@@ -430,6 +533,8 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
     files (and the released notebooks and the time limit) are unchanged instead of grading it again.
     jobs (``--jobs``, default: the machine's cores) submissions are graded at once, each in a worker
     process with its own kernel; the CSV's rows keep the class's order whatever order they finish in.
+    shard="K/N" (``--shard``) grades only the students of shard K of N (``autograder.shard``) and
+    leaves what ``merge`` needs in the course dir.
     """
     from nbgrader.apps.api import NbGraderAPI
     from tqdm.auto import tqdm
@@ -440,6 +545,10 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
     config = load_config()  # a broken nbgrader config stops the run before it touches anything
     if jobs is not None and jobs < 1:
         raise GradingError(f"--jobs must be at least 1, not {jobs}")
+    if shard is not None:
+        from autograder import shard as sharding
+
+        k, n = sharding.parse(shard)
     if sandboxed:
         reason = sandbox.unavailable_reason()
         if reason:
@@ -469,6 +578,10 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
     out = Path(out).resolve()
     feedback_dir = Path(feedback_dir or out.parent / "feedback").resolve()
     _check_outputs(course_dir, db, out, feedback_dir)
+    class_students = students
+    if shard is not None:      # after `names`: every shard grades the assignments the whole class handed in
+        sharding.check_course_dir(course_dir, k, n)
+        students = sharding.select(students, k, n)
     config = _configure(config, course_dir, db, timeout, sandboxed)
     if strays:
         print(f"warning: ignored folder(s) that are not assignments in solutions/: {', '.join(strays)}",
@@ -479,20 +592,25 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
     api = NbGraderAPI(config=config)
     api.log.setLevel("ERROR")
     max_scores = _prepare_gradebook(api, db_url, names)
+    _add_students(db_url, students)
 
     pairs = [(s, n) for s in students for n in names]
     rows: dict[tuple[str, str], dict] = {}
     keys = {(s, n): _submission_key(submissions, s, n, config.Execute.timeout, sandboxed) for s, n in pairs}
+    if shard is not None:
+        sharding.write_manifest(course_dir, k, n, class_students, names, config.Execute.timeout, sandboxed,
+                                max_scores, db, keys)
     if resume:
         rows = {p: row for p in pairs if (row := _saved_row(course_dir, *p, keys[p])) is not None}
     resumed = len(rows)
     todo = [p for p in pairs if p not in rows]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
-    # a bar with an ETA on a terminal; nothing when stderr is a file or a pipe (disable=None)
-    bar = tqdm(total=len(pairs), initial=resumed, desc="grading", unit="submission",
-               disable=None if progress else True, file=sys.stderr, dynamic_ncols=True)
     wall_s = max(900, 15 * (config.Execute.timeout or 60))
     with _kernel_environment(sandboxed, limits or sandbox.Limits(wall_s=wall_s)) as tmp:
+        _prepare_outside_check(config, names, course_dir, sandboxed, progress, jobs)
+        # a bar with an ETA on a terminal; nothing when stderr is a file or a pipe (disable=None)
+        bar = tqdm(total=len(pairs), initial=resumed, desc="grading", unit="submission",
+                   disable=None if progress else True, file=sys.stderr, dynamic_ncols=True)
         _JOB.update(config=config, submissions=submissions, course_dir=course_dir, feedback_dir=feedback_dir,
                     max_scores=max_scores, sandboxed=sandboxed, tmp=tmp, api=api)
         if jobs == 1:
@@ -517,16 +635,9 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
                 pool.shutdown(wait=True, cancel_futures=True)
             bar.close()
     rows = [rows[p] for p in pairs]
-
-    # Write next to the target, then rename: an existing grades.csv is never left half-written.
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, out)
+    write_csv(out, rows)
     if progress:
-        width = max(len(r["student_id"]) for r in rows)
+        width = max((len(r["student_id"]) for r in rows), default=0)   # a shard may hold no student
         for r in rows:
             print(f"{r['student_id']:<{width}}  {r['assignment']}  {r['score']:>5}/{r['max_score']:<5} "
                   f"{r['status']:<8} {r['message']}")
@@ -534,6 +645,19 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
             print(f"resumed: {resumed} of {len(rows)} rows were graded by an earlier run (--resume)")
         print(f"wrote {out} ({len(rows)} rows) and feedback HTML under {feedback_dir}")
     return rows
+
+
+def write_csv(out: Path, rows: list[dict]) -> None:
+    """The grades CSV (``merge`` writes it with this too, so both give the same bytes).
+
+    Written next to the target, then renamed: an existing grades.csv is never left half-written.
+    """
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, out)
 
 
 _JOB: dict = {}

@@ -23,8 +23,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import nbformat
 import yaml
 
-from autograder.course import REPO
-
+# The course's root, found from this file alone: the student edition ships this module (its book build checks
+# the launch buttons with it) without the rest of the instructor's package.
+REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "_config.yml"
 TOC = REPO / "_toc.yml"
 SETUP_TAG = "course-setup"          # the setup cell's tag: release and the generator replace, never duplicate
@@ -53,12 +54,17 @@ class Repository:
 def repository(config: Path = CONFIG) -> Repository:
     """`repository.url` and `repository.branch` of _config.yml: the one setting every URL derives from."""
     settings = (yaml.safe_load(Path(config).read_text()) or {}).get("repository") or {}
-    url = str(settings.get("url") or "").strip().removesuffix("/").removesuffix(".git")
+    return github_repository(settings.get("url"), settings.get("branch"), where=f"{config}: repository.url")
+
+
+def github_repository(url, branch=None, where: str = "repository.url") -> Repository:
+    """A Repository for `url` (normalised: no trailing slash or .git), or ValueError naming `where` it came from."""
+    url = str(url or "").strip().removesuffix("/").removesuffix(".git")
     parts = urlsplit(url)
     if parts.scheme != "https" or parts.netloc != "github.com" or len(parts.path.strip("/").split("/")) != 2:
-        raise ValueError(f"{config}: repository.url must be https://github.com/<owner>/<name> "
+        raise ValueError(f"{where} must be https://github.com/<owner>/<name> "
                          f"(Colab opens notebooks from GitHub only), not {url!r}")
-    return Repository(url=url, branch=str(settings.get("branch") or "main"))
+    return Repository(url=url, branch=str(branch or "main"))
 
 
 # --------------------------------------------------------------------------------------------- setup cell

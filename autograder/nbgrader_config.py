@@ -6,8 +6,11 @@ from this folder behave the same from any working directory. The instructor CLI 
 """
 import os
 
+import nbgrader
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 from nbgrader.preprocessors import ClearHiddenTests, GetGrades
+
+from autograder.feedback import TEMPLATE_FILE, TEMPLATE_NAME, TEMPLATES, FeedbackNotes
 
 c = get_config()  # noqa: F821 (provided by traitlets when it loads this file)
 
@@ -28,7 +31,18 @@ c.Execute.extra_arguments = ["--HistoryManager.hist_file=:memory:", "--Interacti
                              "--IPKernelApp.log_level=ERROR"]
 
 # Feedback must not contain hidden tests: nbgrader's default feedback shows every cell as graded.
-c.GenerateFeedback.preprocessors = [GetGrades, CSSHTMLHeaderPreprocessor, ClearHiddenTests]
+# FeedbackNotes (autograder/feedback.py) names each test cell and says where it failed: after GetGrades
+# (the scores), before ClearHiddenTests (it reads the hidden tests to tell their failures apart).
+c.GenerateFeedback.preprocessors = [GetGrades, CSSHTMLHeaderPreprocessor, FeedbackNotes, ClearHiddenTests]
+# Our feedback template (autograder/templates/rlhf_feedback) extends nbgrader's: names and results in the
+# headings, MathJax from beside the HTML instead of a CDN. nbgrader fills in its own template folder only
+# when these are unset, so its folder is listed here too. Student outputs are sanitised: no script of a
+# student's HTML output runs when the student (or you) open the page.
+c.HTMLExporter.template_name = TEMPLATE_NAME
+c.HTMLExporter.template_file = TEMPLATE_FILE
+c.HTMLExporter.extra_template_basedirs = [str(TEMPLATES), os.path.join(os.path.dirname(nbgrader.__file__),
+                                                                       "server_extensions", "formgrader", "templates")]
+c.HTMLExporter.sanitize_html = True
 
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"

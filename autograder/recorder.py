@@ -26,7 +26,7 @@ MAX_ELEMENTS = 4096     # arrays up to this size are sent whole, larger ones as 
 SAMPLES = 256           # evenly spaced elements in a summary
 MAX_ITEMS = 64          # items of a list, tuple or dict
 
-_state = {"names": [], "modules": [], "snapshot": None, "wrapped": {}, "records": [], "depth": 0}
+_state = {"names": [], "modules": [], "setup": [], "snapshot": None, "wrapped": {}, "records": [], "depth": 0}
 
 
 # ------------------------------------------------------------------ encoding values as plain data
@@ -90,12 +90,11 @@ def _state_of(obj) -> dict:
 
 # ------------------------------------------------------------------ recording calls
 def _record(name: str, args, kwargs, call, self=None):
-    """Call `call()`, recording its inputs, result or exception, and whether it changed its inputs."""
+    """Call `call()`, recording its inputs and its result or exception."""
     s = _state
     if s["depth"] > 0 or sum(r["name"] == name for r in s["records"]) >= MAX_CALLS:
         return call()          # nested calls belong to the call that made them; enough calls kept
-    before = encode([list(args), kwargs])
-    rec = {"name": name, "args": before}
+    rec = {"name": name, "args": encode([list(args), kwargs])}
     s["depth"] += 1
     try:
         result = call()
@@ -107,7 +106,6 @@ def _record(name: str, args, kwargs, call, self=None):
         return result
     finally:
         s["depth"] -= 1
-        rec["mutated"] = encode([list(args), kwargs]) != before
         if self is not None:
             rec["state"] = _state_of(self)
         s["records"].append(rec)
@@ -166,6 +164,12 @@ def _objects_to_keep(modules: list[str]) -> list:
             objs.append(importlib.import_module(name))
         except Exception:
             pass
+    # and every submodule already loaded under them: np.allclose calls numpy._core.numeric.isclose, and a
+    # patch there would reach the tests through the restored np.allclose
+    roots = {m.split(".")[0] for m in modules} - {"builtins", "sys"}
+    loaded = [m for name, m in list(sys.modules.items())
+              if name.split(".")[0] in roots and m is not None and m not in objs]
+    objs += loaded
     for obj in list(objs):
         if getattr(obj, "__name__", "") == "torch" and hasattr(obj, "Tensor"):
             objs.append(obj.Tensor)
@@ -182,9 +186,12 @@ def _snapshot(modules: list[str]) -> dict:
     mgr = ip.input_transformer_manager
     volatile = {"last_value", "last_type", "last_traceback", "last_exc", "stdout", "stderr", "displayhook",
                 "excepthook", "ps1", "ps2", "argv", "path", "modules", "path_importer_cache", "meta_path"}
+    keep = _objects_to_keep(modules)
     return {
-        "attrs": [(o, {k: v for k, v in vars(o).items() if not (o is sys and k in volatile)})
-                  for o in _objects_to_keep(modules)],
+        # functions and classes only: data attributes (flags, caches) may legitimately change as cells run
+        "attrs": [(o, {k: v for k, v in _vars(o).items() if callable(v) and not (o is sys and k in volatile)})
+                  for o in keep],
+        "modules": {name: m for name, m in sys.modules.items() if m in keep},
         # IPython's shell and the kernel: their methods, which code can replace on the instance itself
         "instances": [(obj, {k: v for k, v in vars(obj).items() if callable(v)})
                       for obj in (ip, getattr(ip, "kernel", None)) if obj is not None],
@@ -196,12 +203,21 @@ def _snapshot(modules: list[str]) -> dict:
     }
 
 
+def _vars(obj) -> dict:
+    try:
+        return dict(vars(obj))
+    except TypeError:          # an object without a __dict__ in sys.modules
+        return {}
+
+
 def _restore() -> None:
-    """Put back everything ``_snapshot`` saw: transformers, hooks, handlers, module functions."""
+    """Put back everything ``_snapshot`` saw: transformers, hooks, handlers, module functions, and the
+    names the notebook's own set-up cells bind (imports, test helpers), run again."""
     snap = _state["snapshot"]
     ip = get_ipython()
+    sys.modules.update(snap["modules"])
     for obj, saved in snap["attrs"]:
-        current = vars(obj)
+        current = _vars(obj)
         for key, value in saved.items():
             if current.get(key, _MISSING) is not value:
                 try:
@@ -221,15 +237,19 @@ def _restore() -> None:
         ip.events.callbacks[key][:] = saved
     sys.excepthook = snap["excepthook"]
     ip.custom_exceptions, ip.CustomTB = snap["custom_exceptions"], snap["CustomTB"]
+    for source in _state["setup"]:
+        exec(compile(source, "<the notebook's set-up cell>", "exec"), ip.user_ns)
 
 
 _MISSING = object()
 
 
 # ------------------------------------------------------------------ the grader's three requests
-def install(names: list[str], modules: list[str]) -> None:
-    """Before the first cell: remember the graded names and the kernel's pristine state."""
-    _state.update(names=list(names), modules=list(modules), snapshot=_snapshot(modules), records=[])
+def install(names: list[str], modules: list[str], setup: list[str] = ()) -> None:
+    """Before the first cell: remember the graded names, the set-up cells (imports and helper definitions,
+    run again before each test cell) and the kernel's pristine state."""
+    _state.update(names=list(names), modules=list(modules), setup=list(setup), snapshot=_snapshot(modules),
+                  records=[])
 
 
 def begin() -> None:

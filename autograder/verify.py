@@ -3,24 +3,28 @@
 Every graded test cell runs twice with the same recorder (``autograder.recorder``): once, before the
 class is graded, in the instructor's solution notebook (the *trusted* run), and once in each
 submission's kernel. A record is one top-level call of a graded function or method made while the cell
-ran: its arguments, its result (or the exception it raised), whether it changed its arguments, and for
-a method the plain-data attributes of its object afterwards. Here, in the grader's process, which runs
-no student code, the submission's records of a cell are compared with the trusted ones:
+ran: its arguments, its result (or the exception it raised), and for a method the plain-data attributes
+of its object afterwards. Here, in the grader's process, which runs no student code, the submission's
+records of a cell are compared with the trusted ones:
 
 - every graded function the solution's run of the cell called must have been called, at least as often
   (up to ``recorder.MAX_CALLS``);
 - the first call of each must have received the test's inputs (the same arguments as in the trusted
-  run), so a submission cannot choose easy inputs of its own;
-- every call whose arguments match the trusted call's must have matched its result: same shape, values
-  within a tolerance, the same exception, no change to its inputs where the solution made none, a
-  gradient where the solution's result had one. Calls whose inputs differ after the first are skipped:
-  in a training micro-run, float rounding of a correct answer moves later inputs.
+  run; in a property cell, arguments of the same shapes), so a submission cannot choose easy inputs;
+- every call whose arguments match the trusted call's must agree with it: the same exception, a
+  gradient where the solution's result had one, and, in a cell that grades *values* (worked examples,
+  cases by hand), the same values within a tolerance; in a cell that grades a *property* (invariants,
+  stability, where a clip acts, a micro-run's outcome: ``property_cells.json``), only results of the
+  same shape and kind, since a function with a mistake elsewhere may pass such a cell with other values
+  and the notebooks promise that a mistake costs the points of the cells that grade it, not of every
+  cell that calls the function. Calls whose inputs differ after the first are skipped: in a training
+  micro-run, float rounding of a correct answer moves later inputs.
 
 A cell that disagrees, or whose records never came back (the cell was rewritten, skipped, swallowed,
 or the kernel died), gets an error output, so nbgrader scores it 0 whatever the kernel said. Cells
 whose solution run calls no recordable graded function (a ``torch.nn.Module`` of the student's, such
 as chapter 3's RewardModel, is not recorded: its weights depend on the order its layers were built in)
-are scored by the kernel alone; ``outside_share`` says how many points are checked here.
+are scored by the kernel alone; ``outside_share`` says how many points are checked here, and how.
 """
 from __future__ import annotations
 
@@ -93,7 +97,43 @@ def imported_modules(nb) -> list[str]:
     return sorted(found)
 
 
-def install_expression(names: list[str], modules: list[str]) -> str:
+def _defines_only(tree: ast.Module) -> bool:
+    """A cell of imports, definitions, asserts and literal constants: safe and cheap to run again."""
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef, ast.Assert)):
+            continue
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue
+        if isinstance(node, ast.Assign):
+            try:
+                ast.literal_eval(node.value)
+                continue
+            except ValueError:
+                pass
+        return False
+    return True
+
+
+def setup_cells(nb) -> list[str]:
+    """The notebook's set-up cells (neither answers nor tests) that only import and define: run again
+    before each test cell, they bind `np`, the test helpers, ... to the instructor's objects, whatever a
+    student's cell rebound those names to."""
+    out = []
+    for cell in nb.cells:
+        meta = (cell.get("metadata") or {}).get("nbgrader") or {}
+        if cell.cell_type != "code" or meta.get("solution") or meta.get("grade"):
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        defines = any(isinstance(n, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)) for n in tree.body)
+        if defines and _defines_only(tree):       # not a cell of settings alone (PRESET, RUN_FULL: the student's)
+            out.append(cell.source)
+    return out
+
+
+def install_expression(names: list[str], modules: list[str], setup: list[str] = ()) -> str:
     """The expression that loads the recorder into a fresh kernel, before any cell runs.
 
     The grader's requests are user expressions of an empty cell: IPython evaluates those directly, not
@@ -104,8 +144,9 @@ def install_expression(names: list[str], modules: list[str]) -> str:
             "module = types.ModuleType('_autograder_recorder')\n"
             "exec(compile(source, 'autograder/recorder.py', 'exec'), module.__dict__)\n"
             "sys.modules[module.__name__] = module\n"
-            "module.install(names, modules)\n")
-    return f"__import__('builtins').exec({code!r}, {{'source': {source!r}, 'names': {names!r}, 'modules': {modules!r}}})"
+            "module.install(names, modules, setup)\n")
+    return (f"__import__('builtins').exec({code!r}, {{'source': {source!r}, 'names': {names!r}, "
+            f"'modules': {modules!r}, 'setup': {list(setup)!r}}})")
 
 
 BEGIN_EXPRESSION = "__import__('_autograder_recorder').begin()"
@@ -193,32 +234,58 @@ def _by_name(records: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def _call_disagrees(t: dict, s: dict) -> str | None:
-    """Why one student call disagrees with the trusted call on the same inputs (None: it agrees)."""
+def same_structure(t, s) -> bool:
+    """Do two encoded values have the same structure: numbers for numbers, arrays of the same shape,
+    containers of the same length and keys, objects for objects (values not compared)."""
+    if _number(t) is not None:
+        return _number(s) is not None
+    if t is None or isinstance(t, str):
+        return t == s
+    if not isinstance(t, dict) or not isinstance(s, dict):
+        return False
+    kind = t.get("t")
+    if kind in ("array", "tensor"):
+        return s.get("t") in ("array", "tensor") and s.get("shape") == t.get("shape")
+    if kind == "list":
+        return s.get("t") == "list" and s.get("len") == t["len"] and \
+            all(same_structure(a, b) for a, b in zip(t["items"], s["items"]))
+    if kind == "dict":
+        return s.get("t") == "dict" and set(s.get("items", {})) == set(t["items"]) and \
+            all(same_structure(v, s["items"][k]) for k, v in t["items"].items())
+    return kind == "obj" and s.get("t") == "obj"
+
+
+def _call_disagrees(t: dict, s: dict, values: bool) -> str | None:
+    """Why one student call disagrees with the trusted call on the same inputs (None: it agrees).
+
+    values=False (a cell that grades a property, not the values): the same exception, results of the
+    same shape and kind, a gradient where the solution had one; not the values themselves.
+    """
     if "raised" in t:
         wanted = t["raised"][0]
         return None if wanted in (s.get("raised") or []) else f"did not raise {wanted}"
     if "raised" in s:
         return f"raised {s['raised'][0]}"
-    if t.get("result") is not None and not same(t["result"], s.get("result")):
-        return "returned a different value"
+    compare = same if values else same_structure
+    if t.get("result") is not None and not compare(t["result"], s.get("result")):
+        return "returned a different value" if values else "returned a result of another shape or kind"
     res_t, res_s = t.get("result"), s.get("result")
     if isinstance(res_t, dict) and res_t.get("grad") and not (isinstance(res_s, dict) and res_s.get("grad")):
         return "returned a tensor without a gradient"
-    if t.get("mutated") is False and s.get("mutated") is not False:
-        return "changed its inputs"
     common = set(t.get("state") or {}) & set(s.get("state") or {})
     if t.get("state") and not common:
         return "left its object without the documented attributes"
-    if any(not same(t["state"][k], s["state"][k]) for k in common):
+    if any(not compare(t["state"][k], s["state"][k]) for k in common):
         return "left its object's attributes different"
     return None
 
 
-def disagreement(trusted: list[dict], student) -> str | None:
+def disagreement(trusted: list[dict], student, values: bool = True) -> str | None:
     """One line on why a cell's student records disagree with the trusted ones; None when they agree.
 
     Says which graded function and which of its calls, never the values (they may be hidden tests').
+    Whether a call changed its inputs is not compared: the cells that grade it do so themselves, and a
+    mutation would otherwise cost the points of every cell that calls the function.
     """
     if not trusted:
         return None
@@ -231,35 +298,54 @@ def disagreement(trusted: list[dict], student) -> str | None:
             return (f"{name} was called {len(theirs)} time(s) while the cell ran, where the tests call it "
                     f"{len(calls)} time(s)")
         for i, (t, s) in enumerate(zip(calls, theirs)):
-            if not same(t["args"], s.get("args")):
+            # In a property cell the inputs may follow from the student's earlier answers (a micro-run
+            # trains the model the student's SFT made): only their shape must be the test's.
+            if not (same if values else same_structure)(t["args"], s.get("args")):
                 if i == 0:
                     return f"the first call of {name} did not receive the test's inputs"
                 continue
-            why = _call_disagrees(t, s)
+            why = _call_disagrees(t, s, values)
             if why:
                 return f"call {i + 1} of {name} {why}"
     return None
+
+
+# ------------------------------------------------------------------ which cells compare values
+PROPERTY_CELLS = Path(__file__).with_name("property_cells.json")
+"""Test cells that grade a property of a function (where the clip acts, padding invariance, a micro-run's
+outcome) rather than its values: the outside check compares only the structure of their calls there."""
+
+
+def property_cells(assignment: str) -> dict[str, str]:
+    """grade_id -> why, for one assignment's cells compared by structure only."""
+    table = json.loads(PROPERTY_CELLS.read_text(encoding="utf-8"))
+    return {gid: why for gid, why in table.get(assignment, {}).items()}
 
 
 # ------------------------------------------------------------------ the trusted run
 def plan_key(solution: Path) -> str:
     h = hashlib.sha256(f"format {FORMAT}\n".encode())
     h.update(Path(recorder.__file__).read_bytes())
-    h.update(Path(__file__).read_bytes())
     h.update(Path(solution).read_bytes())
+    h.update(PROPERTY_CELLS.read_bytes())
     return h.hexdigest()[:24]
 
 
-def outside_share(plan: dict, nb) -> tuple[float, float]:
-    """(points checked outside the kernel, all points) of a notebook's test cells."""
-    checked = total = 0.0
+def outside_share(plan: dict, nb) -> tuple[float, float, float]:
+    """(points whose values are checked outside the kernel, points whose calls' structure is, all points)
+    of a notebook's test cells."""
+    values = structure = total = 0.0
     for cell in nb.cells:
         meta = (cell.get("metadata") or {}).get("nbgrader") or {}
         if meta.get("grade") and not meta.get("solution"):
-            total += float(meta.get("points", 0))
+            points = float(meta.get("points", 0))
+            total += points
             if plan["cells"].get(meta.get("grade_id")):
-                checked += float(meta.get("points", 0))
-    return checked, total
+                if meta.get("grade_id") in plan.get("structure_only", []):
+                    structure += points
+                else:
+                    values += points
+    return values, structure, total
 
 
 def _cache_file(solution: Path) -> Path:
@@ -280,7 +366,8 @@ def record_plan(solution: Path, run_notebook) -> dict:
     in a copy of its folder; saved in the cache."""
     solution = Path(solution)
     nb = nbformat.read(solution, as_version=4)
-    plan = {"names": graded_names(nb), "modules": imported_modules(nb), "cells": {}}
+    plan = {"names": graded_names(nb), "modules": imported_modules(nb), "setup": setup_cells(nb), "cells": {},
+            "structure_only": sorted(property_cells(solution.parent.name))}
     with tempfile.TemporaryDirectory(prefix="autograder-trusted-") as tmp:
         workdir = Path(tmp) / solution.parent.name
         shutil.copytree(solution.parent, workdir)

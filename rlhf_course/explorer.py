@@ -8,7 +8,7 @@ the figure. The static book has no Python to call: when the book's build runs a 
 ``RLHF_COURSE_STATIC_BOOK=1`` in the environment (set by ``book/_ext/course_launch.py``), the controls are
 disabled and a line above them says that the figure is a static preview for the values shown, and how to get
 a live one. (Precomputing a figure for every combination of values instead would take 884 images for the
-bandit's three controls and 24,150 for the adaptive-KL explorer's.) Either way the figure is an ``<img>`` whose alt text names the values it was drawn for,
+bandit's three controls.) Either way the figure is an ``<img>`` whose alt text names the values it was drawn for,
 and every control shows its whole label and is wide enough to use.
 """
 from __future__ import annotations

@@ -40,11 +40,12 @@ def read_grades(csv_path) -> dict[str, dict]:
 _BACKGROUND: dict[str, dict] = {}
 
 
-def _start_background(name: str, cmd: list, out: Path, nice: int = 0) -> None:
+def _start_background(name: str, cmd: list, out: Path, nice: int = 0, cwd: Path = REPO,
+                      env: dict | None = None) -> None:
     log = open(out / f"{name}.log", "w")
     cmd = [str(c) for c in cmd]
     proc = subprocess.Popen(["nice", "-n", str(nice), *cmd] if nice else cmd, stdout=log,
-                            stderr=subprocess.STDOUT, cwd=REPO)
+                            stderr=subprocess.STDOUT, cwd=cwd, env=env)
     _BACKGROUND[name] = dict(out=out, log=log, cmd=cmd, proc=proc)
 
 
@@ -63,7 +64,11 @@ def wait_background(name: str, timeout: float = 900) -> tuple[Path, str]:
 def pytest_collection_modifyitems(session, config, items):
     book_items = [item for item in items if item.module.__name__ in ("test_book", "test_book_browser")]
     cpu_items = [item for item in items if "cpu_run" in getattr(item, "fixturenames", ())]
-    items[:] = [item for item in items if item not in book_items and item not in cpu_items] + cpu_items + book_items
+    stub_items = [item for item in items if "edition_stubs" in getattr(item, "fixturenames", ())]
+    late = book_items + cpu_items + stub_items
+    items[:] = [item for item in items if item not in late] + stub_items + cpu_items + book_items
+    if stub_items:
+        start_stub_run()
     if cpu_items:
         out = Path(tempfile.mkdtemp(prefix="rlhf-capstone-cpu-"))
         answers = os.environ.get("CAPSTONE_TEST_ANSWERS")           # else the CLI's default notebook
@@ -78,11 +83,58 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def start_book_build() -> None:
-    """Build the book from scratch (warnings are errors) in the background, outside the repository's _build/."""
+    """Build the book of the student edition from scratch (warnings are errors) in the background.
+
+    The one build the suite makes is of the book students get: exported without solutions/ (student_edition),
+    its pages run by kernels that import the edition's own rlhf_course (PYTHONPATH), not the installed one.
+    So it shows that this book builds and runs without solutions/, and test_book / test_book_browser read it.
+    """
     out = Path(tempfile.mkdtemp(prefix="rlhf-book-"))
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
-    _start_background("book", [jupyter_book, "build", REPO, "-W", "--keep-going", "--all", "--path-output", out],
-                      out)
+    try:
+        edition = student_edition()
+    except Exception as err:  # noqa: BLE001 — not at collection: the book's tests fail, with the reason
+        return _start_failed("book", out, f"export-student failed: {err}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(edition), os.environ.get("PYTHONPATH")]))}
+    _start_background("book", [jupyter_book, "build", edition, "-W", "--keep-going", "--all", "--path-output", out],
+                      out, cwd=edition, env=env)
+
+
+def start_stub_run() -> None:
+    """Run the student edition's exercises as released (tests/edition_stubs.py) in the background, at low
+    priority: about half a minute of kernels, off the foreground's core (tests/test_edition.py judges them)."""
+    out = Path(tempfile.mkdtemp(prefix="rlhf-stubs-"))
+    try:
+        edition = student_edition()
+    except Exception as err:  # noqa: BLE001 — not at collection: the tests that wait for it fail, with the reason
+        return _start_failed("edition-stubs", out, f"export-student failed: {err}")
+    _start_background("edition-stubs", [sys.executable, REPO / "tests/edition_stubs.py", edition, out], out, nice=10)
+
+
+def _start_failed(name: str, out: Path, message: str) -> None:
+    """A background job that fails at once with `message`: wait_background then fails the tests that need it."""
+    _start_background(name, [sys.executable, "-c", f"raise SystemExit({message!r})"], out)
+
+
+def executed_stubs(timeout: float = 900) -> Path:
+    """Wait for the background stub run (or start it now); return the folder of executed notebooks."""
+    if "edition-stubs" not in _BACKGROUND:
+        start_stub_run()
+    out, _ = wait_background("edition-stubs", timeout)
+    return out
+
+
+_EDITION: dict[str, Path] = {}
+
+
+def student_edition() -> Path:
+    """The student edition of the course as it is now (`python -m autograder export-student`), exported once
+    per session into a temporary folder; the book build and tests/test_edition.py share it (read only)."""
+    if "path" not in _EDITION:
+        from autograder.edition import export_student
+
+        _EDITION["path"] = export_student(Path(tempfile.mkdtemp(prefix="rlhf-student-")) / "edition")["dest"]
+    return _EDITION["path"]
 
 
 def built_book(timeout: float = 900) -> Path:
@@ -99,6 +151,8 @@ def pytest_sessionfinish(session, exitstatus):
             job["proc"].kill()
         job["log"].close()
         shutil.rmtree(job["out"], ignore_errors=True)
+    if "path" in _EDITION:
+        shutil.rmtree(_EDITION["path"].parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

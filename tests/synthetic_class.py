@@ -79,8 +79,9 @@ def _write_class(root: Path, assignment: str, students: dict[str, dict[str, str]
     owners = owned_test_cells(assignment, notebook)
     expect: dict[str, dict] = {}
 
-    def write(student, bodies):
+    def write(student, bodies, drop=()):
         nb = fill(stub(assignment, notebook), bodies) if bodies is not None else stub(assignment, notebook)
+        nb.cells = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") not in drop]
         write_submission(root, student, assignment, notebook, nb)
 
     write("correct", correct)
@@ -94,14 +95,19 @@ def _write_class(root: Path, assignment: str, students: dict[str, dict[str, str]
         for cell, name in bugs.items():
             _, old, new, _why = module.WRONG[name]
             bodies[cell] = mutate(correct[cell], old, new)
-        write(student, bodies)
+        # A student with mistakes hands in no micro-run cells (each scores 0, "deleted"): what is checked
+        # here is where each mistake costs points, and a micro-run may cost points for any mistake, so
+        # running them (most of a chapter notebook's grading time) would check nothing. The "correct"
+        # student runs them all.
+        write(student, bodies, drop=micro_runs)
         broken = set(bugs)
         while True:            # a function whose answer or tests call a broken one may fail too
             more = {f for f, uses in deps.items() if uses & broken} - broken
             if not more:
                 break
             broken |= more
-        expect[student] = {"below": module.FULL_SCORE, "status": "ok",
+        expect[student] = {"below": module.FULL_SCORE, "status": "warning" if micro_runs else "ok",
+                           **({"message": f"{sorted(micro_runs)[0]}"} if micro_runs else {}),
                            "lose_in": {name: owners[cell] for cell, name in bugs.items()},
                            "may_lose_in": micro_runs | {c for f in broken for c in owners[f]}}
     return expect
@@ -216,6 +222,16 @@ def make_bad_files_class(root: Path) -> dict[str, dict]:
 
     write("corrupted", raw='{"cells": [ this is not json')
     expect["corrupted"] = {"score": 0.0, "status": "invalid", "message": "invalid JSON"}
+
+    # cut off half-way (an interrupted upload), and far too big (60 MB of outputs): neither is executed
+    whole = nbformat.writes(fill(stub(assignment, notebook), correct))
+    write("truncated", raw=whole[: len(whole) // 2])
+    expect["truncated"] = {"score": 0.0, "status": "invalid", "message": "invalid JSON"}
+    huge = fill(stub(assignment, notebook), correct)
+    huge.cells.append(nbformat.v4.new_code_cell("", outputs=[nbformat.v4.new_output("stream", name="stdout",
+                                                                                    text="x" * (60 * 2**20))]))
+    write("huge", huge)
+    expect["huge"] = {"score": 0.0, "status": "invalid", "message": "more than a notebook of this course can be"}
 
     write("not_a_notebook", raw=json.dumps({"hello": "world"}))
     expect["not_a_notebook"] = {"score": 0.0, "status": "invalid", "message": "not a valid notebook"}

@@ -1,5 +1,6 @@
 """End to end: `python -m autograder grade` on a synthetic class, with a real SQLite gradebook."""
 import csv
+import html
 import os
 import re
 import shutil
@@ -83,28 +84,45 @@ def test_at_least_four_wrong_implementations_per_function(assignment):
         assert "pg_identical_branches" in module.WRONG
 
 
-def _grade_in_parallel(submissions, assignment, tmp_path, workers=2) -> dict[str, dict]:
-    """Grade a class with `grade --jobs workers`: one gradebook, `workers` submissions at a time.
+CHAPTERS = [a for a in class_modules() if a != "rlhf_update_rules"]
 
-    Each student's notebook runs a real training micro-run; two workers use both cores (the sandbox
-    gives each kernel one torch thread: two kernels with two spinning threads each on two cores run
-    several times slower).
+
+@pytest.fixture(scope="module")
+def chapter_classes(tmp_path_factory):
+    """Every chapter's class of wrong implementations, graded in ONE run with `grade --jobs 2`.
+
+    Each student's notebook runs real training micro-runs. One run for all chapters keeps both cores busy
+    to the end (the slowest notebooks, the capstone's, go first) and pays grading's start-up once. Two
+    workers use both cores (the sandbox gives each kernel one torch thread: two kernels with two spinning
+    threads each on two cores run several times slower). Student ids are `<assignment>.<student>`; each
+    hands in one assignment, so the others are "missing" rows, not graded.
     """
-    proc = autograder("grade", submissions, "--out", tmp_path / "grades.csv", "--course-dir", tmp_path / "course",
-                      "--assignment", assignment, "--jobs", workers, "--quiet", cwd=tmp_path, timeout=1800)
+    root = tmp_path_factory.mktemp("chapters")
+    (root / "submissions").mkdir()
+    expects = {}
+    for assignment in CHAPTERS:
+        built = root / "build" / assignment
+        expect = make_combined_wrong_class(built, assignment)
+        for student in expect:
+            shutil.move(built / student, root / "submissions" / f"{assignment}.{student}")
+        expects[assignment] = {f"{assignment}.{student}": want for student, want in expect.items()}
+    proc = autograder("grade", root / "submissions", "--out", root / "grades.csv", "--course-dir", root / "course",
+                      "--jobs", 2, "--quiet", cwd=root, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return read_grades(tmp_path / "grades.csv")
+    with open(root / "grades.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["student_id"].startswith(r["assignment"] + ".")]
+    return expects, {a: {r["student_id"]: r for r in rows if r["assignment"] == a} for a in CHAPTERS}
 
 
-@pytest.mark.parametrize("assignment", [a for a in class_modules() if a != "rlhf_update_rules"])
-def test_wrong_implementations_lose_points(assignment, tmp_path):
+@pytest.mark.parametrize("assignment", CHAPTERS)
+def test_wrong_implementations_lose_points(assignment, chapter_classes):
     # rlhf_update_rules' wrong students are graded one mistake each in the `graded` fixture above, with
     # the bad files. The chapters' classes carry one mistake per function per student, and each mistake
     # must cost points in its own function's test cells.
-    expect = make_combined_wrong_class(tmp_path / "submissions", assignment)
+    expects, rows = chapter_classes
+    expect, rows = expects[assignment], rows[assignment]
     n_mistakes = sum(len(want.get("lose_in", {})) for want in expect.values())
     assert n_mistakes == len(load_class(assignment).WRONG), "every listed mistake is handed in"
-    rows = _grade_in_parallel(tmp_path / "submissions", assignment, tmp_path)
     assert set(rows) == set(expect)
     _check(expect, rows)
 
@@ -133,6 +151,96 @@ def test_feedback_for_every_graded_student_without_hidden_tests(graded):
     # The feedback shows what a failing hidden test says, not its code.
     text = visible_text(root / "out/feedback/pg_sample_std" / ASSIGNMENT / f"{NOTEBOOK}.html")
     assert "AssertionError" in text
+
+
+def _feedback_html(root, student):
+    return root / "out/feedback" / student / ASSIGNMENT / f"{NOTEBOOK}.html"
+
+
+def _toc(html_path) -> dict[str, str]:
+    """grade_id -> the text of its line in the feedback's table of contents (whitespace squashed)."""
+    raw = html_path.read_text(encoding="utf-8")
+    toc = re.search(r'<div id="toc">(.*?)</div>', raw, flags=re.DOTALL).group(1)
+    items = [re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", "", li))).strip()
+             for li in re.findall(r"<li>(.*?)</li>", toc, flags=re.DOTALL)]
+    return {item.split(" ")[0]: item for item in items if item != "Comment"}     # graders' comments: none here
+
+
+def _test_cells_of_the_solution() -> dict[str, tuple[str, str]]:
+    """grade_id -> (first line of its docstring, its source), read from solutions/ (the oracle)."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(SOLUTIONS / ASSIGNMENT / f"{NOTEBOOK}.ipynb", as_version=4)
+    return {c.metadata["nbgrader"]["grade_id"]: (ast.get_docstring(ast.parse(c.source)).splitlines()[0], c.source)
+            for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade") and c.cell_type == "code"}
+
+
+def test_feedback_names_every_test_cell_by_id_and_docstring(graded):
+    root = graded[0]
+    cells = _test_cells_of_the_solution()
+    toc = _toc(_feedback_html(root, "correct"))
+    assert set(toc) == set(cells), toc
+    for gid, (title, _) in cells.items():
+        assert toc[gid].startswith(f"{gid} — {title} (Score: 3.0 / 3.0) passed"), toc[gid]
+    raw = _feedback_html(root, "correct").read_text(encoding="utf-8")
+    assert "Test cell" not in raw                      # nbgrader's own name for every one of them
+    assert raw.count('class="test-status status-passed"') == len(cells)      # and in each cell's heading
+
+
+def test_feedback_marks_hidden_test_failures_with_their_message_only(graded):
+    root = graded[0]
+    cells = _test_cells_of_the_solution()
+    hidden = "beta = 0: the step is the product of means"     # the oracle: where each message stands
+    visible = "the product of means, mean(r) * mean_i grad_i"
+    invariants, values = cells["test_rlhf_weight_update_invariants"][1], cells["test_rlhf_weight_update_values"][1]
+    assert hidden in invariants.split("### BEGIN HIDDEN TESTS")[1] and visible in values.split("### BEGIN HIDDEN")[0]
+    toc = _toc(_feedback_html(root, "w_mean_of_means"))
+    assert f"a hidden test failed: AssertionError: {hidden}" in toc["test_rlhf_weight_update_invariants"]
+    assert "a visible test failed: AssertionError: rewards [2, 0]" in toc["test_rlhf_weight_update_values"]
+    text = visible_text(_feedback_html(root, "w_mean_of_means"))
+    assert text.count(f"a hidden test failed: AssertionError: {hidden}") == 2    # contents and the cell's heading
+
+
+def test_feedback_says_which_failure_to_fix_first_instead_of_follow_on_tracebacks(graded):
+    root = graded[0]
+    # "raises": Part A's answer cell raises before defining rlhf_weight_update; both Part A tests then
+    # meet a NameError that only follows from it.
+    toc = _toc(_feedback_html(root, "raises"))
+    for gid in ("test_rlhf_weight_update_values", "test_rlhf_weight_update_invariants"):
+        assert ("(Score: 0.0 / 3.0) not run to the end: it uses rlhf_weight_update, which the cell "
+                "rlhf_weight_update above should define, but that cell failed (RuntimeError: oops)") in toc[gid]
+    text = visible_text(_feedback_html(root, "raises"))
+    assert "RuntimeError: oops" in text and "NameError" not in text
+    stub_toc = _toc(_feedback_html(root, "stub"))         # the stub's own failures are not follow-ons
+    assert all(line.endswith("failed: NotImplementedError") for line in stub_toc.values()), stub_toc
+
+
+def test_feedback_loads_mathjax_from_beside_the_html_and_nothing_from_the_network(graded):
+    root, _, rows, _ = graded
+    pages = [_feedback_html(root, s) for s in rows if _feedback_html(root, s).exists()]
+    assert len(pages) > 10
+    for page in pages:
+        raw = page.read_text(encoding="utf-8")
+        sources = re.findall(r"""<(?:script|img|link|iframe)\b[^>]*\b(?:src|href)=["']([^"']*)""", raw)
+        assert sources == ["mathjax/tex-mml-chtml.js"], (page, sources)
+        assert (page.parent / sources[0]).is_file() and (page.parent / "mathjax/LICENSE").is_file()
+        assert not re.search(r"url\(\s*['\"]?(https?:)?//", raw), page          # no CSS from the network
+        assert "cdn." not in raw.lower() and "x-mathjax-config" not in raw
+
+
+def test_feedback_formulas_render_offline_opened_from_disk(graded):
+    from browser import Browser
+
+    page = _feedback_html(graded[0], "w_mean_of_means")
+    with Browser() as browser:              # in a network namespace with no network, where it can make one
+        tab = browser.new_tab()
+        load = tab.load(page.as_uri(), ready="window.MathJax.startup.promise", timeout=60)
+        typeset = tab.evaluate("document.querySelectorAll('mjx-container').length")
+        raw_tex = tab.evaluate("document.body.innerText.includes('\\\\mathrm{KL}')")
+    assert not load.failed and not load.external and not load.console_errors, load
+    assert typeset >= 20 and raw_tex is False        # every formula typeset, none left as LaTeX source
 
 
 def test_summary_and_no_progress_bar_in_a_log(graded):

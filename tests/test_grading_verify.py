@@ -12,7 +12,7 @@ from autograder.verify import disagreement, same
 
 def rec(name, args, result=None, **extra):
     return {"name": name, "args": recorder.encode([list(args), {}]), "result": recorder.encode(result),
-            "mutated": False, **extra}
+            **extra}
 
 
 def test_encode_is_plain_json_for_numbers_arrays_tensors_and_containers():
@@ -89,8 +89,15 @@ def test_exceptions_mutation_gradients_and_state():
     raised.pop("result")
     assert disagreement([raised], [raised]) is None
     assert "did not raise ValueError" in disagreement([raised], [rec("f", (1,), 0.0)])
-    assert disagreement([rec("f", (1,), 2.0)], [{**rec("f", (1,), 2.0), "mutated": True}]) == \
-        "call 1 of f changed its inputs"
+    # a property cell compares the kind and shape of results, not their values
+    x = np.zeros(3)
+    assert disagreement([rec("f", (1,), x)], [rec("f", (1,), x + 1)], values=False) is None
+    assert disagreement([rec("f", (x,), x)], [rec("f", (x + 1,), x)], values=False) is None   # inputs that moved
+    assert "did not receive the test's inputs" in disagreement([rec("f", (x,), x)], [rec("f", (x[:2],), x)],
+                                                               values=False)
+    assert "another shape or kind" in disagreement([rec("f", (1,), x)], [rec("f", (1,), np.zeros(4))], values=False)
+    assert "another shape or kind" in disagreement([rec("f", (1,), {"a": 1.0})], [rec("f", (1,), 1.0)], values=False)
+    assert "did not raise ValueError" in disagreement([raised], [rec("f", (1,), 0.0)], values=False)
     t = torch.ones(2, requires_grad=True) * 2
     assert "without a gradient" in disagreement([rec("f", (1,), t)], [rec("f", (1,), t.detach())])
     # a method that returns None where the student's returns a value: the result is not compared ...
@@ -102,6 +109,22 @@ def test_exceptions_mutation_gradients_and_state():
                                                              state={"value": recorder.encode(0.6)})])
     assert "without the documented attributes" in disagreement([ok], [rec("C.update", (1.0, 2), None,
                                                                           state={"beta": recorder.encode(0.5)})])
+
+
+def test_every_property_cell_is_a_test_cell_of_its_assignment():
+    import nbformat
+
+    from autograder import SOLUTIONS
+
+    table = json.loads(verify.PROPERTY_CELLS.read_text())
+    for assignment, cells in table.items():
+        test_cells = set()
+        for path in (SOLUTIONS / assignment).glob("*.ipynb"):
+            nb = nbformat.read(path, as_version=4)
+            test_cells |= {c.metadata["nbgrader"]["grade_id"] for c in nb.cells
+                           if c.metadata.get("nbgrader", {}).get("grade") and not c.metadata["nbgrader"].get("solution")}
+        assert set(cells) <= test_cells, f"{assignment}: {sorted(set(cells) - test_cells)} are not test cells"
+        assert all(why.strip() for why in cells.values())
 
 
 def test_graded_names_skip_torch_modules_and_private_helpers():
@@ -135,7 +158,7 @@ def _run(kc, code, silent=False, expressions=None):
         msg = kc.get_iopub_msg(timeout=60)
         if msg["parent_header"].get("msg_id") == msg_id:
             if msg["msg_type"] == "error":
-                errors.append(msg["content"]["ename"])
+                errors.append(f'{msg["content"]["ename"]}: {msg["content"]["evalue"]}')
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 break
     reply = kc.get_shell_msg(timeout=60)["content"]
@@ -151,8 +174,9 @@ def _end(kc):
 
 def test_the_recorder_restores_the_kernel_and_records_top_level_calls(kernel):
     kc = kernel
+    setup = ["import numpy as np\nimport math"]        # the notebook's own imports, run again before each test
     reply, _ = _run(kc, "", silent=True, expressions={"i": verify.install_expression(["double", "Ctl"],
-                                                                                     ["math", "numpy"])})
+                                                                                     ["math", "numpy"], setup)})
     assert reply["user_expressions"]["i"]["status"] == "ok", reply
     _run(kc, "import numpy as np, math\n"
              "def double(x):\n    return 2 * x\n"
@@ -163,13 +187,16 @@ def test_the_recorder_restores_the_kernel_and_records_top_level_calls(kernel):
     _run(kc, "import sys\n"
              "get_ipython().input_transformers_post.append(lambda lines: ['pass\\n'])\n"
              "np.allclose = lambda *a, **k: True\nmath.isclose = lambda *a, **k: True\n"
-             "sys.excepthook = lambda *a: None\nget_ipython()._showtraceback = lambda *a, **k: None\n")
+             "sys.excepthook = lambda *a: None\nget_ipython()._showtraceback = lambda *a, **k: None\n"
+             "import numpy._core.numeric as deep\ndeep.isclose = lambda *a, **k: np.array([True])\n"
+             "class Fake:\n    allclose = staticmethod(lambda *a, **k: True)\nnp = Fake()\n")
     reply, _ = _run(kc, "", silent=True, expressions={"b": verify.BEGIN_EXPRESSION})
     assert reply["user_expressions"]["b"]["status"] == "ok", reply
     reply, errors = _run(kc, "assert not np.allclose([1.0], [2.0]) and not math.isclose(1.0, 2.0)\n"
                              "double(np.array([1.0, 2.0]))\nfor k in range(20):\n    double(k)\n"
                              "quad(1.0)\nc = Ctl(1.0)\nc.update(3.0)\nassert False, 'shown'")
-    assert reply["status"] == "error" and errors == ["AssertionError"]   # transformer gone, traceback shown
+    # transformers gone, traceback shown, np and its comparisons (down to numpy._core) the real ones again
+    assert reply["status"] == "error" and errors == ["AssertionError: shown"], errors
     records = _end(kc)
     names = [r["name"] for r in records]
     # double: its own calls up to MAX_CALLS (quad's inner calls are quad's, not recorded); the class's methods

@@ -1,0 +1,325 @@
+"""Feedback HTML a student can use: named test cells, hidden-test failures marked, no follow-on errors,
+formulas rendered offline.
+
+nbgrader's ``generate_feedback`` renders the autograded notebook with its ``feedback`` template. Two
+pieces change what the student reads:
+
+- ``FeedbackNotes``, a preprocessor that runs after ``GetGrades`` (which puts each cell's score in its
+  metadata) and before ``ClearHiddenTests`` (which removes the hidden tests, so it must come after we
+  have read them). It writes ``cell.metadata.feedback`` for the template:
+
+  * ``title``: the test cell's grade_id and the first line of its docstring;
+  * ``status``: ``passed``, ``failed`` (a visible test's assertion: the student can rerun it),
+    ``hidden`` (an assertion of the hidden tests: its one-line message, never its code),
+    ``error`` (raised inside the student's code or a helper: it cannot tell which test called it)
+    or ``follow-on`` (see below); and ``message``, the one-line ``Error: message``.
+
+  In a cell with hidden tests every traceback is cut to that one line, whatever the kernel's
+  traceback mode, so no line of hidden code can reach the page through a traceback.
+
+- The template ``autograder/templates/rlhf_feedback`` extends nbgrader's ``feedback`` template: it shows
+  ``title`` and ``status`` in the table of contents and in each test cell's heading, and replaces
+  nbgrader's MathJax 2 from a CDN with the book's own MathJax 3, loaded from ``mathjax/`` beside the
+  HTML file (``publish`` puts it there), so formulas render with no network, opened from disk.
+
+Follow-on errors. A cell whose only error is ``NameError: name 'X' is not defined``, where an earlier
+cell that raised binds ``X`` at its top level (in the student's version of that cell or in the released
+one), failed *only* because that earlier cell did: the name is unbound exactly because its cell stopped
+before binding it. Such a cell keeps its score (0: it did fail) but its traceback is replaced by one line
+naming the cell to fix first. Anything else (a NameError for a name no failing cell binds, a wrong
+value produced by a function that did run) is the cell's own failure and is shown as it is.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+from nbconvert.preprocessors import Preprocessor
+from traitlets import Bool
+
+from autograder.course import EXERCISES, PACKAGE, REPO, first_line
+
+TEMPLATES = PACKAGE / "templates"
+TEMPLATE_NAME = "rlhf_feedback"
+TEMPLATE_FILE = "feedback_page.html.j2"      # extends nbgrader's feedback/index.html.j2
+MATHJAX = REPO / "book" / "_static" / "vendor" / "mathjax"   # the book's copy (scripts/vendor_assets.sh)
+MATHJAX_DIR = "mathjax"                                      # beside each feedback HTML file
+# nbgrader's ClearHiddenTests markers (its begin/end_test_delimeter defaults): a line holding one is a marker
+BEGIN_HIDDEN, END_HIDDEN = "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"
+MAX_MESSAGE = 300
+
+
+def _meta(cell) -> dict:
+    meta = cell.get("metadata", {}).get("nbgrader")
+    return meta if isinstance(meta, dict) else {}
+
+
+def is_test_cell(cell) -> bool:
+    """An autograded test cell: graded, not an answer, code."""
+    meta = _meta(cell)
+    return cell.cell_type == "code" and bool(meta.get("grade")) and not meta.get("solution")
+
+
+def _parse(source: str) -> ast.Module | None:
+    """The cell's AST, IPython magics and shell lines blanked; None if it still does not parse."""
+    lines = ["" if ln.lstrip().startswith(("%", "!")) else ln for ln in source.splitlines()]
+    try:
+        return ast.parse("\n".join(lines))
+    except SyntaxError:
+        return None
+
+
+def docstring_title(source: str) -> str:
+    """The first line of a cell's leading string literal ("" if it has none)."""
+    tree = _parse(source)
+    doc = ast.get_docstring(tree) if tree else None
+    return first_line(doc or "")
+
+
+def bound_names(source: str) -> set[str]:
+    """Names a cell binds at its top level (defs, classes, imports, assignments, loop targets)."""
+    tree = _parse(source)
+    if tree is None:
+        return set()
+    names: set[str] = set()
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)             # its body binds nothing at the top level
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        todo.extend(n for n in ast.iter_child_nodes(node) if not isinstance(n, ast.Lambda))
+    return names
+
+
+# ------------------------------------------------------------------ where did a test cell fail?
+def _split_hidden(source: str) -> tuple[set[int], bool]:
+    """(1-based numbers of the lines inside hidden-test regions, whether the cell has any)."""
+    hidden, inside, found = set(), False, False
+    for number, line in enumerate(source.splitlines(), start=1):
+        if BEGIN_HIDDEN in line:
+            inside = found = True
+        elif END_HIDDEN in line:
+            inside = False
+        elif inside:
+            hidden.add(number)
+    return hidden, found
+
+
+ANYTHING = ("", "")    # the pieces of a message that can be any text
+
+
+def _pieces(node) -> tuple[str, ...]:
+    """The messages an expression can produce, as its literal pieces: any text may stand between two
+    consecutive pieces, where a value is formatted in (f-strings, ``+``, ``%``, ``.format``); one piece
+    means exactly that text; ``ANYTHING`` for an expression that is not a string template."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return (node.value,)
+    if isinstance(node, ast.JoinedStr):
+        pieces = [""]
+        for value in node.values:
+            if isinstance(value, ast.Constant):
+                pieces[-1] += str(value.value)
+            else:
+                pieces.append("")
+        return tuple(pieces)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _pieces(node.left), _pieces(node.right)
+        return (*left[:-1], left[-1] + right[0], *right[1:])
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and isinstance(node.left, ast.Constant):
+        return tuple(re.split(r"%[-#0 +]*\d*(?:\.\d+)?[sdrfgexc]", str(node.left.value)))
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format"
+            and isinstance(node.func.value, ast.Constant)):
+        return tuple(re.split(r"\{[^{}]*\}", str(node.func.value.value)))
+    return ANYTHING
+
+
+def _fits(pieces: tuple[str, ...], text: str) -> bool:
+    """Whether `text` is pieces[0] + … + pieces[1] + … + pieces[-1] (… any text).
+
+    Matched piece by piece, leftmost first, in time linear in the text: the message is the student's
+    to choose, and a regular expression with several wildcards could be made to backtrack for hours.
+    """
+    if len(pieces) == 1:
+        return text == pieces[0]
+    first, *middle, last = pieces
+    if len(text) < len(first) + len(last) or not (text.startswith(first) and text.endswith(last)):
+        return False
+    position, end = len(first), len(text) - len(last)
+    for piece in middle:
+        found = text.find(piece, position, end)
+        if found < 0:
+            return False
+        position = found + len(piece)
+    return True
+
+
+def _raised(tree: ast.Module) -> list[tuple[int, str, tuple[str, ...]]]:
+    """(line, exception name, message pieces) of every ``assert`` and ``raise X(...)`` of a cell."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assert):
+            out.append((node.lineno, "AssertionError", _pieces(node.msg) if node.msg else ("",)))
+        elif isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+            func = node.exc.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            out.append((node.lineno, name, _pieces(node.exc.args[0]) if node.exc.args else ("",)))
+    return out
+
+
+def failure_origin(source: str, ename: str, evalue: str) -> str:
+    """Which part of a test cell raised ``ename: evalue``: "hidden", "visible" or "" (unknown).
+
+    With minimal tracebacks the error carries no line number, so it is matched against the messages
+    the cell's own ``assert``/``raise`` statements can produce, split by where they stand. An error that
+    only a hidden statement can produce is a hidden-test failure; one a visible statement can produce is
+    a visible one. An error no statement of the cell produces (raised in the student's function or a
+    helper) or one both parts can produce is "": which test met it is not known.
+    """
+    tree = _parse(source)
+    if tree is None:
+        return ""
+    hidden_lines, _ = _split_hidden(source)
+    parts = set()
+    for line, name, pieces in _raised(tree):
+        informative = len(pieces) == 1 or "".join(pieces)        # a bare wildcard fits every message
+        if name == ename and informative and _fits(pieces, evalue or ""):
+            parts.add("hidden" if line in hidden_lines else "visible")
+    return parts.pop() if len(parts) == 1 else ""
+
+
+# ------------------------------------------------------------------ the preprocessor
+def _error(cell):
+    errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+    return errors[-1] if errors else None
+
+
+def _one_line(error) -> str:
+    """``Error: message`` (``Error`` alone when it has no message), first line, at most MAX_MESSAGE long."""
+    ename, evalue = error.get("ename"), first_line(str(error.get("evalue") or ""))
+    return (f"{ename}: {evalue}" if evalue else str(ename))[:MAX_MESSAGE]
+
+
+def _unbound_name(error) -> str | None:
+    """X of ``NameError: name 'X' is not defined``, else None."""
+    if error is None or error.get("ename") != "NameError":
+        return None
+    match = re.fullmatch(r"name '(\w+)' is not defined", str(error.get("evalue", "")).strip())
+    return match.group(1) if match else None
+
+
+def _released_sources(resources: dict) -> dict[str, str]:
+    """grade_id -> source of each cell of the released notebook this one was graded against ({} if none)."""
+    info = resources.get("nbgrader", {})
+    path = EXERCISES / str(info.get("assignment")) / f"{info.get('notebook')}.ipynb"
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except (OSError, ValueError):
+        return {}
+    return {_meta(c)["grade_id"]: c.source for c in nb.cells if _meta(c).get("grade_id")}
+
+
+class FeedbackNotes(Preprocessor):
+    """Name each test cell, say where it failed, and quiet follow-on errors (see the module docstring).
+
+    Goes in ``GenerateFeedback.preprocessors`` after ``GetGrades`` and before ``ClearHiddenTests``.
+    """
+
+    enabled = Bool(True)          # nbconvert's preprocessors are off unless enabled
+
+
+    def preprocess(self, nb, resources):
+        released = _released_sources(resources)
+        failed: list[tuple[str, set[str], str]] = []    # (cell label, names it binds, its error): latest last
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            error, meta = _error(cell), _meta(cell)
+            label = meta.get("grade_id") or f"cell {index + 1}"
+            cause = self._cause(error, failed)
+            if cause:
+                cell.outputs = [o for o in cell.outputs if o.get("output_type") != "error"]
+            if is_test_cell(cell):
+                cell.metadata["feedback"] = self._test_note(cell, error, cause)
+            elif cause:
+                cell.metadata["feedback"] = {"status": "follow-on", "message": cause}
+            if _split_hidden(cell.source)[1]:
+                for output in cell.outputs:      # never a hidden line in a traceback, whatever the xmode
+                    if output.get("output_type") == "error":
+                        output["traceback"] = [_one_line(output)]
+            if error is not None:
+                names = bound_names(cell.source) | bound_names(released.get(meta.get("grade_id"), ""))
+                failed.append((label, names, cause or _one_line(error)))
+        return nb, resources
+
+    @staticmethod
+    def _cause(error, failed) -> str:
+        """The one-line reason a cell's error only follows from an earlier failure ("" if it does not)."""
+        name = _unbound_name(error)
+        for label, names, why in reversed(failed):
+            if name and name in names:
+                return (f"not run to the end: it uses {name}, which the cell {label} above should define, "
+                        f"but that cell failed ({why}): fix it first")
+        return ""
+
+    @staticmethod
+    def _test_note(cell, error, cause: str) -> dict:
+        meta = _meta(cell)
+        note = {"title": docstring_title(cell.source), "status": "passed", "message": ""}
+        score, points = meta.get("score"), meta.get("points")
+        if score is not None and points is not None and float(score) >= float(points):
+            return note
+        if cause:
+            note.update(status="follow-on", message=cause)
+        elif error is None:
+            note.update(status="error", message="no test reported a result (scored 0)")
+        else:
+            origin = failure_origin(cell.source, error.get("ename", ""), str(error.get("evalue", "")))
+            note.update(status={"hidden": "hidden", "visible": "failed"}.get(origin, "error"),
+                        message=_one_line(error))
+        return note
+
+
+# ------------------------------------------------------------------ making and handing out the files
+def generate(api, assignment: str, student: str) -> dict:
+    """nbgrader's ``generate_feedback`` for one student, with the course's feedback template.
+
+    ``NbGraderAPI.generate_feedback`` forces ``HTMLExporter.template_name = "feedback"``, nbgrader's own
+    template (MathJax from a CDN, "Test cell" headings); this is the same call, keeping the template that
+    ``nbgrader_config.py`` names. Returns nbgrader's result dict (success, log, error).
+    """
+    from nbgrader.converters import GenerateFeedback
+    from nbgrader.utils import capture_log, temp_attrs
+
+    with temp_attrs(api.coursedir, assignment_id=assignment, student_id=student):
+        app = GenerateFeedback(coursedir=api.coursedir, parent=api)
+        app.force = True
+        return capture_log(app)
+
+
+def publish(src: Path, dst: Path) -> None:
+    """Copy one student's feedback folder (``src``, nbgrader's) to ``dst``, with MathJax beside the HTML.
+
+    MathJax (≈ 2 MB) is hard-linked from the book's vendored copy where the file system allows it, so a
+    class costs no extra disk; elsewhere it is copied.
+    """
+    if Path(src).resolve() != Path(dst).resolve():     # --feedback-dir may be nbgrader's own folder
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst)
+    if MATHJAX.is_dir() and not (dst / MATHJAX_DIR).exists():
+        shutil.copytree(MATHJAX, dst / MATHJAX_DIR, copy_function=_link_or_copy)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:                    # another file system, or links not allowed: a plain copy
+        shutil.copy2(src, dst)
