@@ -11,6 +11,7 @@ so this also works on a machine without Jupyter, such as the GPU check's.
 """
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -81,3 +82,25 @@ def load_answers(notebook, names: list[str]) -> dict:
             what.append("answer cells still the released stub: " + ", ".join(stub_cells))
         raise MissingAnswers(f"{path}: " + "; ".join(what))
     return {n: namespace[n] for n in names}
+
+
+def graded_constants(notebook: str | Path, names: list[str]) -> dict:
+    """The constants a notebook's graded cells assign (``PPO_GOLD_GAIN, KL_BOUND = 0.15, 12.0``), hidden
+    tests included: the calibration scripts report their runs against the very bands the notebook grades."""
+    nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
+    found = {}
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code" or not cell["metadata"].get("nbgrader", {}).get("grade"):
+            continue
+        source = re.sub(r"### (BEGIN|END) HIDDEN TESTS", "", "".join(cell["source"]))
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+                targets = [target] if isinstance(target, ast.Name) else getattr(target, "elts", [])
+                values = [value] if isinstance(target, ast.Name) else getattr(value, "elts", [])
+                for n, v in zip(targets, values):
+                    if isinstance(n, ast.Name) and n.id in names and isinstance(v, ast.Constant):
+                        found[n.id] = v.value
+    missing = set(names) - set(found)
+    assert not missing, f"constants not found in the graded cells of {notebook}: {sorted(missing)}"
+    return found

@@ -15,11 +15,9 @@ graded checks that the run would fail, with the thresholds read from the noteboo
     .venv/bin/python scripts/calibrate_capstone_microrun.py --preset cpu --variants correct --seeds 0 1 2 --jobs 2
 """
 import argparse
-import ast
 import copy
 import json
 import math
-import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -44,23 +42,9 @@ THRESHOLDS = ["SFT_GOLD_GAIN", "RM_THRESHOLD", "PPO_GOLD_GAIN", "KL_BOUND", "BON
 
 def thresholds() -> dict:
     """The constants the graded cells assign (e.g. ``PPO_GOLD_GAIN, KL_BOUND = 0.15, 12.0``)."""
-    nb = json.loads(NOTEBOOK.read_text())
-    found = {}
-    for cell in nb["cells"]:
-        if cell["cell_type"] != "code" or not cell["metadata"].get("nbgrader", {}).get("grade"):
-            continue
-        source = re.sub(r"### (BEGIN|END) HIDDEN TESTS", "", "".join(cell["source"]))
-        for node in ast.walk(ast.parse(source)):
-            if isinstance(node, ast.Assign) and len(node.targets) == 1:
-                target, value = node.targets[0], node.value
-                names = [target] if isinstance(target, ast.Name) else getattr(target, "elts", [])
-                values = [value] if isinstance(target, ast.Name) else getattr(value, "elts", [])
-                for n, v in zip(names, values):
-                    if isinstance(n, ast.Name) and n.id in THRESHOLDS and isinstance(v, ast.Constant):
-                        found[n.id] = v.value
-    missing = set(THRESHOLDS) - set(found)
-    assert not missing, f"thresholds not found in {NOTEBOOK}: {missing}"
-    return found
+    from rlhf_course.answers import graded_constants
+
+    return graded_constants(NOTEBOOK, THRESHOLDS)
 
 
 def answers(variant: str) -> dict:
