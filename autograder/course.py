@@ -22,6 +22,46 @@ def first_line(text: str) -> str:
     return (text.strip().splitlines() or [""])[0]
 
 
+# ------------------------------------------------------------------ what nbgrader says a cell is
+def nbgrader_meta(cell) -> dict:
+    """A cell's nbgrader metadata, or {} when it is absent or malformed (``null``, a list, ...): a
+    submission can hold anything there."""
+    meta = cell.get("metadata")
+    meta = meta.get("nbgrader") if isinstance(meta, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _autograded_test(meta: dict) -> bool:
+    # nbgrader grades answer cells too (autograded answers): "grade" alone does not make a test
+    return bool(meta.get("grade")) and not meta.get("solution")
+
+
+def is_test_cell(cell) -> bool:
+    """An autograded test cell: graded, not an answer, code."""
+    return cell.cell_type == "code" and _autograded_test(nbgrader_meta(cell))
+
+
+def is_answer_cell(cell) -> bool:
+    """A code cell the student writes (nbgrader's solution cell, graded or not)."""
+    return cell.cell_type == "code" and bool(nbgrader_meta(cell).get("solution"))
+
+
+def test_cell_id(cell) -> str | None:
+    """The grade_id of an autograded test cell, else None."""
+    return nbgrader_meta(cell).get("grade_id") if is_test_cell(cell) else None
+
+
+def graded_cells(nb) -> dict:
+    """grade_id -> cell, for every autograded test cell of a notebook, whatever its cell type now (a
+    student may have turned one into markdown)."""
+    out = {}
+    for cell in nb.cells:
+        meta = nbgrader_meta(cell)
+        if _autograded_test(meta):
+            out[meta.get("grade_id")] = cell
+    return out
+
+
 def _alembic_head_in_process() -> None:
     """Make nbgrader find its gradebook schema version in this process, not in a new one.
 

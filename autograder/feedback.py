@@ -41,7 +41,7 @@ import nbformat
 from nbconvert.preprocessors import Preprocessor
 from traitlets import Bool
 
-from autograder.course import EXERCISES, PACKAGE, REPO, first_line
+from autograder.course import EXERCISES, PACKAGE, REPO, first_line, is_test_cell, nbgrader_meta
 
 TEMPLATES = PACKAGE / "templates"
 TEMPLATE_NAME = "rlhf_feedback"
@@ -51,17 +51,6 @@ MATHJAX_DIR = "mathjax"                                      # beside each feedb
 # nbgrader's ClearHiddenTests markers (its begin/end_test_delimeter defaults): a line holding one is a marker
 BEGIN_HIDDEN, END_HIDDEN = "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"
 MAX_MESSAGE = 300
-
-
-def _meta(cell) -> dict:
-    meta = cell.get("metadata", {}).get("nbgrader")
-    return meta if isinstance(meta, dict) else {}
-
-
-def is_test_cell(cell) -> bool:
-    """An autograded test cell: graded, not an answer, code."""
-    meta = _meta(cell)
-    return cell.cell_type == "code" and bool(meta.get("grade")) and not meta.get("solution")
 
 
 def _parse(source: str) -> ast.Module | None:
@@ -224,7 +213,7 @@ def _released_sources(resources: dict) -> dict[str, str]:
         nb = nbformat.read(path, as_version=4)
     except (OSError, ValueError):
         return {}
-    return {_meta(c)["grade_id"]: c.source for c in nb.cells if _meta(c).get("grade_id")}
+    return {grade_id: c.source for c in nb.cells if (grade_id := nbgrader_meta(c).get("grade_id"))}
 
 
 class FeedbackNotes(Preprocessor):
@@ -242,7 +231,7 @@ class FeedbackNotes(Preprocessor):
         for index, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
                 continue
-            error, meta = _error(cell), _meta(cell)
+            error, meta = _error(cell), nbgrader_meta(cell)
             label = meta.get("grade_id") or f"cell {index + 1}"
             cause = self._cause(error, failed)
             if cause:
@@ -272,7 +261,7 @@ class FeedbackNotes(Preprocessor):
 
     @staticmethod
     def _test_note(cell, error, cause: str) -> dict:
-        meta = _meta(cell)
+        meta = nbgrader_meta(cell)
         note = {"title": docstring_title(cell.source), "status": "passed", "message": ""}
         score, points = meta.get("score"), meta.get("points")
         if score is not None and points is not None and float(score) >= float(points):

@@ -24,7 +24,8 @@ from pathlib import Path
 import nbformat
 
 from autograder import feedback, sandbox
-from autograder.course import EXERCISES, PACKAGE, SOLUTIONS, assignments, first_line, load_config, notebooks
+from autograder.course import (EXERCISES, PACKAGE, SOLUTIONS, assignments, first_line, graded_cells, load_config,
+                               nbgrader_meta, notebooks, test_cell_id)
 
 CSV_FIELDS = ["student_id", "assignment", "score", "max_score", "status", "message"]
 
@@ -59,26 +60,9 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def _nbgrader_meta(cell) -> dict:
-    """A cell's nbgrader metadata, or {} when it is absent or malformed (``null``, a list, ...)."""
-    meta = cell.get("metadata")
-    meta = meta.get("nbgrader") if isinstance(meta, dict) else None
-    return meta if isinstance(meta, dict) else {}
-
-
-def _graded_cells(nb) -> dict[str, dict]:
-    """grade_id -> cell, for every autograded test cell of a notebook, whatever its cell type now."""
-    out = {}
-    for cell in nb.cells:
-        meta = _nbgrader_meta(cell)
-        if meta.get("grade") and not meta.get("solution"):
-            out[meta.get("grade_id")] = cell
-    return out
-
-
 def _test_cells(nb) -> dict[str, str]:
     """grade_id -> source of every autograded test (code) cell of a notebook."""
-    return {gid: cell.source for gid, cell in _graded_cells(nb).items() if cell.cell_type == "code"}
+    return {gid: cell.source for gid, cell in graded_cells(nb).items() if cell.cell_type == "code"}
 
 
 def _last_line(text: str | None, default: str = "unknown error") -> str:
@@ -153,6 +137,9 @@ def _prepare_outside_check(config, names: list[str], course_dir: Path, sandboxed
     solutions = [SOLUTIONS / name / f"{nb}.ipynb" for name in names for nb in notebooks(name)]
     plans = {path: cached_plan(path) for path in solutions}
     todo = [path for path, plan in plans.items() if plan is None]
+    if todo and progress:      # a run takes up to a minute, and the lines below come only after them all
+        print(f"outside check: running the solutions of {len(todo)} notebook(s) once (cached in {cache_dir()}) ...",
+              file=sys.stderr)
     _TRUSTED.update(config=config, sandboxed=sandboxed)
     if len(todo) > 1 and jobs > 1:
         import multiprocessing
@@ -183,7 +170,6 @@ _TRUSTED: dict = {}
 def _record_trusted(solution: Path) -> tuple[dict | None, str | None]:
     """Run one solution notebook with the recorder (in this process or a worker): (plan, None) or
     (None, why it failed)."""
-    from autograder.kernel import test_cell_id
     from autograder.verify import record_plan
 
     config, sandboxed = _TRUSTED["config"], _TRUSTED["sandboxed"]
@@ -351,7 +337,7 @@ def _collect(student_dir: Path, name: str, dest: Path, row: Row) -> list[str]:
             row.note("warning", f"{nb_name}: malformed nbgrader metadata ignored in cell(s) "
                                 f"{', '.join(str(i + 1) for i in malformed)}")
         released = _test_cells(nbformat.read(EXERCISES / name / f"{nb_name}.ipynb", as_version=4))
-        submitted = _graded_cells(nb)
+        submitted = graded_cells(nb)
         deleted = [g for g in released if g not in submitted]
         retyped = [g for g in released if g in submitted and submitted[g].cell_type != "code"]
         tampered = [g for g in released if g in submitted and submitted[g].source.strip() != released[g].strip()]
@@ -389,7 +375,7 @@ def _read_autograded(autograded: Path) -> dict[str, nbformat.NotebookNode]:
 def _summarise_outputs(autograded: dict, row: Row, timeout: int) -> None:
     """Add a note for cells that hit the time limit (the usual sign of an infinite loop)."""
     for nb_name, nb in autograded.items():
-        timed_out = [_nbgrader_meta(c).get("grade_id", f"cell {i}")
+        timed_out = [nbgrader_meta(c).get("grade_id", f"cell {i}")
                      for i, c in enumerate(nb.cells) if c.cell_type == "code"
                      and any(o.get("ename") == "CellTimeoutError" for o in c.get("outputs", []))]
         if timed_out:
@@ -403,9 +389,9 @@ def _failure_messages(autograded: dict) -> dict[tuple[str, str], str]:
     for nb_name, nb in autograded.items():
         for cell in nb.cells:
             errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-            if errors and _nbgrader_meta(cell).get("grade_id"):
+            if errors and (grade_id := nbgrader_meta(cell).get("grade_id")):
                 e = errors[-1]
-                out[nb_name, _nbgrader_meta(cell)["grade_id"]] = first_line(f"{e.get('ename')}: {e.get('evalue')}")[:300]
+                out[nb_name, grade_id] = first_line(f"{e.get('ename')}: {e.get('evalue')}")[:300]
     return out
 
 

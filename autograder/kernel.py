@@ -21,6 +21,7 @@ from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer, Unicode, default
 
 from autograder import verify
+from autograder.course import test_cell_id
 from autograder.sandbox import KERNEL_NAME, limits_from_env
 
 
@@ -41,12 +42,6 @@ def _content_bytes(content: dict) -> int:
     """Roughly how many bytes an output message adds to the notebook (its text and data fields)."""
     data = content.get("data") or {}
     return len(content.get("text") or "") + sum(len(v) if isinstance(v, str) else len(str(v)) for v in data.values())
-
-
-def test_cell_id(cell) -> str | None:
-    """The grade_id of an autograded test cell, else None."""
-    meta = (cell.get("metadata") or {}).get("nbgrader") or {}
-    return meta.get("grade_id") if meta.get("grade") and not meta.get("solution") else None
 
 
 def _error(ename: str, evalue: str):

@@ -40,6 +40,7 @@ from pathlib import Path
 import nbformat
 
 from autograder import recorder
+from autograder.course import graded_cells, is_answer_cell, nbgrader_meta
 
 FORMAT = 1
 RTOL = 1e-3                   # loose on purpose: a forged or wrong value is off by far more than rounding
@@ -61,8 +62,7 @@ def graded_names(nb) -> list[str]:
     """Top-level functions and classes defined in a notebook's solution cells (not torch modules)."""
     names = []
     for cell in nb.cells:
-        meta = (cell.get("metadata") or {}).get("nbgrader") or {}
-        if cell.cell_type != "code" or not meta.get("solution"):
+        if not is_answer_cell(cell):
             continue
         try:
             tree = ast.parse(cell.source)
@@ -120,7 +120,7 @@ def setup_cells(nb) -> list[str]:
     student's cell rebound those names to."""
     out = []
     for cell in nb.cells:
-        meta = (cell.get("metadata") or {}).get("nbgrader") or {}
+        meta = nbgrader_meta(cell)
         if cell.cell_type != "code" or meta.get("solution") or meta.get("grade"):
             continue
         try:
@@ -187,14 +187,16 @@ def _number(enc):
     return None
 
 
-def same(t, s, atol: float | None = None) -> bool:
-    """Do two encoded values agree, within the tolerance? Lenient on container types (list/tuple,
-    array/tensor, float/numpy float), strict on shapes, lengths and values."""
-    if atol is None:
+def same(t, s, atol: float | None = None, *, values: bool = True) -> bool:
+    """Do two encoded values agree? Lenient on container types (list/tuple, array/tensor, float/numpy
+    float), strict on shapes, lengths and keys, and with ``values`` on the values too, within the
+    tolerance; values=False compares the structure only: numbers for numbers, arrays of the same shape,
+    containers of the same length and keys, objects for objects."""
+    if values and atol is None:
         atol = ATOL + ATOL_SCALE * _scale(t)
     tn, sn = _number(t), _number(s)
     if tn is not None or sn is not None:
-        return tn is not None and sn is not None and _close(tn, sn, atol)
+        return tn is not None and sn is not None and (not values or _close(tn, sn, atol))
     if t is None or isinstance(t, str):
         return t == s
     if not isinstance(t, dict) or not isinstance(s, dict):
@@ -203,6 +205,8 @@ def same(t, s, atol: float | None = None) -> bool:
     if kind in ("array", "tensor"):
         if s.get("t") not in ("array", "tensor") or s.get("shape") != t.get("shape"):
             return False
+        if not values:
+            return True
         if "data" in t:
             return "data" in s and len(s["data"]) == len(t["data"]) and \
                 all(_close(a, b, atol) for a, b in zip(t["data"], s["data"]))
@@ -211,15 +215,14 @@ def same(t, s, atol: float | None = None) -> bool:
                 and all(_close(a, b, atol) for a, b in zip(ts["samples"], ss["samples"]))
                 and _close(ts["sum"], ss.get("sum"), atol * max(1, len(ts["samples"])))
                 and _close(ts["abs"], ss.get("abs"), atol * max(1, len(ts["samples"]))))
+    # each item gets its own tolerance, from its own magnitude
     if kind == "list":
         return s.get("t") == "list" and s.get("len") == t["len"] and \
-            all(same(a, b) for a, b in zip(t["items"], s["items"]))
+            all(same(a, b, values=values) for a, b in zip(t["items"], s["items"]))
     if kind == "dict":
         return s.get("t") == "dict" and set(s.get("items", {})) == set(t["items"]) and \
-            all(same(v, s["items"][k]) for k, v in t["items"].items())
-    if kind == "obj":
-        return s.get("t") == "obj"
-    return False
+            all(same(v, s["items"][k], values=values) for k, v in t["items"].items())
+    return kind == "obj" and s.get("t") == "obj"
 
 
 def _valid(records) -> bool:
@@ -234,27 +237,6 @@ def _by_name(records: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def same_structure(t, s) -> bool:
-    """Do two encoded values have the same structure: numbers for numbers, arrays of the same shape,
-    containers of the same length and keys, objects for objects (values not compared)."""
-    if _number(t) is not None:
-        return _number(s) is not None
-    if t is None or isinstance(t, str):
-        return t == s
-    if not isinstance(t, dict) or not isinstance(s, dict):
-        return False
-    kind = t.get("t")
-    if kind in ("array", "tensor"):
-        return s.get("t") in ("array", "tensor") and s.get("shape") == t.get("shape")
-    if kind == "list":
-        return s.get("t") == "list" and s.get("len") == t["len"] and \
-            all(same_structure(a, b) for a, b in zip(t["items"], s["items"]))
-    if kind == "dict":
-        return s.get("t") == "dict" and set(s.get("items", {})) == set(t["items"]) and \
-            all(same_structure(v, s["items"][k]) for k, v in t["items"].items())
-    return kind == "obj" and s.get("t") == "obj"
-
-
 def _call_disagrees(t: dict, s: dict, values: bool) -> str | None:
     """Why one student call disagrees with the trusted call on the same inputs (None: it agrees).
 
@@ -266,8 +248,7 @@ def _call_disagrees(t: dict, s: dict, values: bool) -> str | None:
         return None if wanted in (s.get("raised") or []) else f"did not raise {wanted}"
     if "raised" in s:
         return f"raised {s['raised'][0]}"
-    compare = same if values else same_structure
-    if t.get("result") is not None and not compare(t["result"], s.get("result")):
+    if t.get("result") is not None and not same(t["result"], s.get("result"), values=values):
         return "returned a different value" if values else "returned a result of another shape or kind"
     res_t, res_s = t.get("result"), s.get("result")
     if isinstance(res_t, dict) and res_t.get("grad") and not (isinstance(res_s, dict) and res_s.get("grad")):
@@ -275,7 +256,7 @@ def _call_disagrees(t: dict, s: dict, values: bool) -> str | None:
     common = set(t.get("state") or {}) & set(s.get("state") or {})
     if t.get("state") and not common:
         return "left its object without the documented attributes"
-    if any(not compare(t["state"][k], s["state"][k]) for k in common):
+    if any(not same(t["state"][k], s["state"][k], values=values) for k in common):
         return "left its object's attributes different"
     return None
 
@@ -300,7 +281,7 @@ def disagreement(trusted: list[dict], student, values: bool = True) -> str | Non
         for i, (t, s) in enumerate(zip(calls, theirs)):
             # In a property cell the inputs may follow from the student's earlier answers (a micro-run
             # trains the model the student's SFT made): only their shape must be the test's.
-            if not (same if values else same_structure)(t["args"], s.get("args")):
+            if not same(t["args"], s.get("args"), values=values):
                 if i == 0:
                     return f"the first call of {name} did not receive the test's inputs"
                 continue
@@ -335,16 +316,14 @@ def outside_share(plan: dict, nb) -> tuple[float, float, float]:
     """(points whose values are checked outside the kernel, points whose calls' structure is, all points)
     of a notebook's test cells."""
     values = structure = total = 0.0
-    for cell in nb.cells:
-        meta = (cell.get("metadata") or {}).get("nbgrader") or {}
-        if meta.get("grade") and not meta.get("solution"):
-            points = float(meta.get("points", 0))
-            total += points
-            if plan["cells"].get(meta.get("grade_id")):
-                if meta.get("grade_id") in plan.get("structure_only", []):
-                    structure += points
-                else:
-                    values += points
+    for grade_id, cell in graded_cells(nb).items():
+        points = float(nbgrader_meta(cell).get("points", 0))
+        total += points
+        if plan["cells"].get(grade_id):
+            if grade_id in plan.get("structure_only", []):
+                structure += points
+            else:
+                values += points
     return values, structure, total
 
 

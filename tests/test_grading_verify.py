@@ -115,16 +115,61 @@ def test_every_property_cell_is_a_test_cell_of_its_assignment():
     import nbformat
 
     from autograder import SOLUTIONS
+    from autograder.course import graded_cells
 
     table = json.loads(verify.PROPERTY_CELLS.read_text())
     for assignment, cells in table.items():
         test_cells = set()
         for path in (SOLUTIONS / assignment).glob("*.ipynb"):
-            nb = nbformat.read(path, as_version=4)
-            test_cells |= {c.metadata["nbgrader"]["grade_id"] for c in nb.cells
-                           if c.metadata.get("nbgrader", {}).get("grade") and not c.metadata["nbgrader"].get("solution")}
+            test_cells |= set(graded_cells(nbformat.read(path, as_version=4)))
         assert set(cells) <= test_cells, f"{assignment}: {sorted(set(cells) - test_cells)} are not test cells"
         assert all(why.strip() for why in cells.values())
+
+
+def test_what_nbgrader_says_a_cell_is():
+    """Test, answer or neither, from a cell's nbgrader metadata, whatever a submission put there."""
+    import nbformat
+
+    from autograder.course import graded_cells, is_answer_cell, is_test_cell, nbgrader_meta, test_cell_id
+
+    code, markdown = nbformat.v4.new_code_cell, nbformat.v4.new_markdown_cell
+    test = code("x = 1", metadata={"nbgrader": {"grade": True, "solution": False, "grade_id": "t", "points": 2}})
+    answer = code("x = 1", metadata={"nbgrader": {"grade": True, "solution": True, "grade_id": "a"}})  # autograded
+    retyped = markdown("x = 1", metadata={"nbgrader": {"grade": True, "grade_id": "m"}})  # a test made markdown
+    plain, malformed = code("x = 1"), code("x = 1", metadata={"nbgrader": [1]})
+    assert [is_test_cell(c) for c in (test, answer, retyped, plain, malformed)] == [True, False, False, False, False]
+    assert [is_answer_cell(c) for c in (test, answer, retyped, plain, malformed)] == [False, True, False, False, False]
+    assert [test_cell_id(c) for c in (test, answer, retyped)] == ["t", None, None]
+    assert nbgrader_meta(malformed) == nbgrader_meta(plain) == {} and nbgrader_meta(test)["points"] == 2
+    nb = nbformat.v4.new_notebook(cells=[test, answer, retyped, plain, malformed])
+    assert graded_cells(nb) == {"t": test, "m": retyped}
+
+
+def test_the_trusted_runs_are_announced_before_they_start(tmp_path, monkeypatch, capsys):
+    """The first `grade` after a solution changed runs each solution notebook, up to a minute each: one
+    line says so before the first run, none when every plan is cached."""
+    from autograder import grading
+
+    monkeypatch.setenv("AUTOGRADER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(grading, "_TRUSTED", {})
+    printed_before = []
+
+    def record(path):
+        printed_before.append(capsys.readouterr().err)
+        return {"cells": {}}, None
+
+    monkeypatch.setattr(grading, "_record_trusted", record)
+    names = ["ppo", "reward_modeling"]
+    prepare = dict(config=None, names=names, course_dir=tmp_path / "course", sandboxed=False, progress=True, jobs=1)
+    grading._prepare_outside_check(**prepare)
+    assert printed_before[0] == (f"outside check: running the solutions of {len(printed_before)} notebook(s) once "
+                                 f"(cached in {tmp_path / 'cache'}) ...\n")
+    assert all(not text for text in printed_before[1:])
+    assert capsys.readouterr().err.count(" points, ") == len(printed_before)    # then one line per notebook
+
+    monkeypatch.setattr(verify, "cached_plan", lambda path: {"cells": {}})
+    grading._prepare_outside_check(**prepare)
+    assert "outside check" not in capsys.readouterr().err
 
 
 def test_graded_names_skip_torch_modules_and_private_helpers():
