@@ -49,9 +49,8 @@ from rlhf_course import textworld as tw
 from rlhf_course.answers import REPO, MissingAnswers, load_answers
 from rlhf_course.tiny_lm import _quiet_progress_bars
 from rlhf_course.rlhf_ppo import (CheckpointError, FixedKLController, RLHFConfig, _gather_rows, distributed,
-                                  load_checkpoint,
-                                  make_rlhf_state, ppo_rlhf_iteration, resolve_device, response_logits,
-                                  reward_model_scores, sampling_logits, save_checkpoint, use_fast_kernels)
+                                  evaluate_samples, load_checkpoint, make_rlhf_state, ppo_rlhf_iteration,
+                                  resolve_device, rlhf_iteration, save_checkpoint, use_fast_kernels)
 
 PPO_FUNCTIONS = ["response_log_probs", "per_token_rewards", "masked_mean", "masked_whiten", "kl_estimates"]
 """Chapter 4's graded functions, as ppo_rlhf_iteration takes them."""
@@ -381,55 +380,15 @@ def eval_prompts(cfg: CapstoneConfig) -> list[str]:
     return tw.sample_prompts(cfg.eval_prompts, seed=cfg.seed + 9_000)
 
 
-@torch.no_grad()
 def evaluate_policy(cfg: CapstoneConfig, policy, ref_policy, reward_model, tokenizer, prompts=None,
                     seed: int = 12_345, n_samples: int = 1) -> dict:
-    """Sample the policy on held-out prompts and measure what RLHF optimises and what it is judged by.
-
-    Returns means over responses of: "gold" (the simulated human's reward), "proxy" (the learned reward
-    model's score), "kl" (KL(π‖π_ref) of the whole response, exactly: the sum over its tokens of the
-    per-token KL between the two temperature-T sampling distributions, so no sampling noise from k1),
-    "length" (response tokens), "eos" (fraction that ended by themselves) and "distinct" (distinct
-    words / words: repetition, a classic reward hack, lowers it). Also the raw per-sample arrays and
-    texts. Fixed prompts and sampling seed: differences between evaluations are the policy's.
-    """
-    from rlhf_course.tiny_lm import generate_responses
-
-    device = next(policy.parameters()).device
+    """``rlhf_course.rlhf_ppo.evaluate_samples`` at the preset's length, temperature and precision: gold,
+    proxy, exact KL, length, eos and distinct-word ratio on the held-out prompts (``eval_prompts``), each
+    prompt ``n_samples`` times. Fixed prompts and sampling seed: differences between evaluations are the
+    policy's."""
     prompts = list(prompts if prompts is not None else eval_prompts(cfg)) * n_samples
-    T, pad = cfg.ppo.temperature, tokenizer.pad_token_id
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    rows = {k: [] for k in ("gold", "proxy", "kl", "length", "eos", "distinct")}
-    texts = []
-    for i in range(0, len(prompts), 256):
-        batch_prompts = prompts[i:i + 256]
-        with autocast:
-            gen = generate_responses(policy, tokenizer, batch_prompts, cfg.ppo.response_length, temperature=T,
-                                     seed=seed + i, return_logits=True)
-            qr, am, ctx = gen["query_response"], gen["attention_mask"], gen["context_length"]
-            ref_logits, _ = response_logits(ref_policy, qr, am, ctx)               # (B, R + 1, V)
-            proxy = reward_model_scores(reward_model, qr, am, ctx, tokenizer.eos_token_id)
-        mask = gen["response_mask"]                                                 # (B, R)
-        logp = _sampling_log_softmax(gen["logits"], T, pad)                        # (B, R, V)
-        ref_logp = _sampling_log_softmax(ref_logits[:, :-1].float(), T, pad)
-        kl_tok = (logp.exp() * (logp - ref_logp)).nan_to_num().sum(-1)              # (B, R) exact per token
-        reviews = [p + " " + r for p, r in zip(batch_prompts, gen["responses"])]
-        rows["gold"] += tw.gold_reward(reviews).tolist()
-        rows["proxy"] += proxy.tolist()
-        rows["kl"] += (kl_tok * mask).sum(1).double().cpu().tolist()
-        rows["length"] += mask.sum(1).cpu().tolist()
-        rows["eos"] += (qr[:, ctx:] == tokenizer.eos_token_id).any(1).float().cpu().tolist()
-        rows["distinct"] += [len(set(r.split())) / max(1, len(r.split())) for r in gen["responses"]]
-        texts += reviews
-    out = {k: float(np.mean(v)) for k, v in rows.items()}
-    out["per_sample"] = {k: np.asarray(v) for k, v in rows.items()}
-    out["texts"] = texts
-    return out
-
-
-def _sampling_log_softmax(logits: torch.Tensor, temperature: float, pad_id: int) -> torch.Tensor:
-    """log of the distribution the sampler draws from: softmax(logits / T) with the pad token removed."""
-    return (sampling_logits(logits, pad_id) / temperature).log_softmax(-1)
+    return evaluate_samples(policy, ref_policy, tokenizer, prompts, response_length=cfg.ppo.response_length,
+                            temperature=cfg.ppo.temperature, reward_model=reward_model, bf16=cfg.bf16, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -585,12 +544,22 @@ class RunError(RuntimeError):
     """A run that cannot start or continue; the CLI prints it as one line and exits with code 2."""
 
 
-def default_answers() -> Path:
-    """The answers notebook: the instructor's solution when present, else the learner's exercise."""
-    for rel in ("solutions/capstone/capstone.ipynb", "exercises/capstone/capstone.ipynb"):
+def default_answers(assignment: str = "capstone") -> Path:
+    """An assignment's answers notebook: the instructor's solution when present, else the learner's exercise."""
+    for rel in (f"solutions/{assignment}/{assignment}.ipynb", f"exercises/{assignment}/{assignment}.ipynb"):
         if (REPO / rel).exists():
             return REPO / rel
-    return REPO / "exercises/capstone/capstone.ipynb"
+    return REPO / f"exercises/{assignment}/{assignment}.ipynb"
+
+
+ALGO_FUNCTIONS = {"ppo": PPO_FUNCTIONS, "rloo": ["rloo_advantages"], "grpo": ["group_advantages", "grpo_loss"]}
+"""The learner's functions each policy-gradient estimator runs on: chapter 4's for PPO (brought along in
+the capstone notebook), chapter 6's for RLOO and GRPO (from the beyond_ppo notebook)."""
+
+ALGO_SETTINGS = {"ppo": {}, "rloo": dict(algo="rloo", group_size=4, learning_rate=3e-4),
+                 "grpo": dict(algo="grpo", group_size=4, learning_rate=1e-4, init_kl_coef=0.04)}
+"""What ``--algo`` changes in a preset's loop settings: RLOO and GRPO sample 4 responses per prompt
+(batch_size still counts responses); RLOO's lr is chapter 6's micro-run's, GRPO's β is its paper's 0.04."""
 
 
 def _write_json(path: Path, obj) -> None:
@@ -696,7 +665,7 @@ def run(cfg: CapstoneConfig, out, answers: dict, resume: bool = False, stop_afte
             raise RunError(f"{err}; delete it to restart PPO from the SFT model, or start a new --out") from err
     if master:
         _truncate_metrics(metrics_path, state.iteration)        # lines past the checkpoint are redone
-    fns = {k: answers[k] for k in PPO_FUNCTIONS}
+    fns = {k: answers[k] for k in ALGO_FUNCTIONS[cfg.ppo.algo]}
     prompts_eval = eval_prompts(cfg)
     evals = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
     evals = [m for m in evals if "eval/gold_reward" in m]
@@ -707,10 +676,10 @@ def run(cfg: CapstoneConfig, out, answers: dict, resume: bool = False, stop_afte
     last = min(cfg.ppo_iterations, stop_after if stop_after is not None else cfg.ppo_iterations)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.ppo_iterations, initial=state.iteration, desc="4/4 PPO", disable=not (progress and master),
+    bar = tqdm(total=cfg.ppo_iterations, initial=state.iteration, desc=f"4/4 {cfg.ppo.algo.upper()}", disable=not (progress and master),
                leave=False)
     while state.iteration < last:
-        metrics = ppo_rlhf_iteration(state, cfg.ppo, **fns, reward_model=rm)
+        metrics = rlhf_iteration(state, cfg.ppo, **fns, reward_model=rm)
         metrics["objective/gold_scores"] = float(np.mean(_gather_rows(tw.gold_reward(state.last_rollout["reviews"]))))
         metrics["iteration"] = state.iteration
         it = state.iteration
@@ -736,7 +705,8 @@ def run(cfg: CapstoneConfig, out, answers: dict, resume: bool = False, stop_afte
         bon = best_of_n_stage(cfg, state.ref_policy, rm, tokenizer, answers["best_of_n_kl"])
         after = evals[-1]
         summary = {
-            "preset": cfg.name, "seed": cfg.seed, "device": _device_name(device), "model": sft_record["description"],
+            "preset": cfg.name, "algo": cfg.ppo.algo, "seed": cfg.seed, "device": _device_name(device),
+            "model": sft_record["description"],
             "processes": world,
             "gold_reward_base": sft_record["gold_base"],
             "gold_reward_before": before["eval/gold_reward"], "gold_reward_after": after["eval/gold_reward"],
@@ -828,6 +798,7 @@ def plot_run(out) -> list[Path]:
     out = Path(out)
     metrics = read_metrics(out)
     summary = json.loads((out / "summary.json").read_text())
+    algo = summary.get("algo", "ppo").upper()
     before = json.loads((out / "eval_sft.json").read_text())
     it = [m["iteration"] for m in metrics]
     panels = [("objective/scores", "proxy reward of the rollouts"), ("objective/gold_scores", "gold reward of the rollouts"),
@@ -836,11 +807,11 @@ def plot_run(out) -> list[Path]:
     # Two panels a row, 7 in wide (the book's column): text keeps its size wherever it is shown.
     fig, axes = plt.subplots(3, 2, figsize=(7, 7.5), sharex=True)
     for ax, (key, title) in zip(axes.flat, panels):
-        ax.plot(it, [m[key] for m in metrics], color=PALETTE["blue"], lw=1.5)
+        ax.plot(it, [m.get(key, math.nan) for m in metrics], color=PALETTE["blue"], lw=1.5)  # RLOO: no approx KL
         ax.set_title(title)
     for ax in axes[-1]:
-        ax.set_xlabel("PPO iteration")
-    fig.suptitle(f"PPO against the learned reward ({summary['preset']} preset, seed {summary['seed']})")
+        ax.set_xlabel(f"{algo} iteration")
+    fig.suptitle(f"{algo} against the learned reward ({summary['preset']} preset, seed {summary['seed']})")
     fig.tight_layout()
     paths = [out / "training_curves.png"]
     fig.savefig(paths[0])  # savefig.dpi of the course style: 200, a 2x PNG
@@ -849,8 +820,8 @@ def plot_run(out) -> list[Path]:
     evals = [before] + [m for m in metrics if "eval/gold_reward" in m]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     x = [m["eval/sqrt_kl"] for m in evals]
-    ax.plot(x, [m["eval/proxy_reward"] for m in evals], "o-", color=PALETTE["orange"], label="PPO: proxy (reward model)")
-    ax.plot(x, [m["eval/gold_reward"] for m in evals], "o-", color=PALETTE["blue"], label="PPO: gold (simulated human)")
+    ax.plot(x, [m["eval/proxy_reward"] for m in evals], "o-", color=PALETTE["orange"], label=f"{algo}: proxy (reward model)")
+    ax.plot(x, [m["eval/gold_reward"] for m in evals], "o-", color=PALETTE["blue"], label=f"{algo}: gold (simulated human)")
     bon = summary["best_of_n"]["rows"]
     xb = [math.sqrt(r["kl_analytic"]) for r in bon]
     ax.plot(xb, [r["proxy"] for r in bon], "s--", color=PALETTE["orange"], alpha=0.6, label="best-of-n: proxy")
@@ -1031,6 +1002,12 @@ def main(argv: list[str] | None = None) -> int:
                              "if present, else exercises/capstone/capstone.ipynb)")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default=None, help="override the preset's device")
     parser.add_argument("--iterations", type=int, default=None, help="override the preset's PPO iterations")
+    parser.add_argument("--algo", choices=list(ALGO_SETTINGS), default="ppo",
+                        help="the policy-gradient estimator of stage 4: ppo (GAE, value head; default), or "
+                             "chapter 6's critic-free rloo or grpo with 4 responses per prompt")
+    parser.add_argument("--beyond-answers", type=Path, default=None,
+                        help="with --algo rloo/grpo: notebook with rloo_advantages / group_advantages, grpo_loss "
+                             "(default: solutions/beyond_ppo/beyond_ppo.ipynb if present, else the exercise)")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="stop after this many PPO iterations (continue later with --resume)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line at the end")
@@ -1043,6 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["ppo_iterations"] = args.iterations
     try:
         cfg = get_preset(args.preset, **overrides)
+        cfg = replace(cfg, ppo=replace(cfg.ppo, **ALGO_SETTINGS[args.algo]))
     except ValueError as err:
         return _fail(str(err))
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -1051,6 +1029,8 @@ def main(argv: list[str] | None = None) -> int:
     ddp = int(os.environ.get("RANK", -1)) != -1
     try:
         answers = load_answers(args.answers or default_answers(), ANSWERS)
+        if args.algo != "ppo":
+            answers.update(load_answers(args.beyond_answers or default_answers("beyond_ppo"), ALGO_FUNCTIONS[args.algo]))
         if ddp:
             if cfg.device != "cpu":                              # NCCL's collectives use the current device
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -1074,7 +1054,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-SUMMARY_KEYS = ["preset", "seed", "device", "model", "gold_reward_base", "gold_reward_before", "gold_reward_after",
+SUMMARY_KEYS = ["preset", "algo", "seed", "device", "model", "gold_reward_base", "gold_reward_before", "gold_reward_after",
                 "proxy_reward_before", "proxy_reward_after", "kl_after", "ppo_seconds_per_iteration", "seconds"]
 
 

@@ -52,6 +52,10 @@ import torch.distributed as dist
 import torch.nn as nn
 
 
+ALGOS = ("ppo", "rloo", "grpo")
+"""The policy-gradient estimators the loop knows (RLHFConfig.algo)."""
+
+
 @dataclass
 class RLHFConfig:
     seed: int = 0
@@ -107,10 +111,26 @@ class RLHFConfig:
     AMX); weights, optimizer and losses stay fp32"""
     torch_threads: int = 1
     """torch CPU threads: a 1-2 M parameter model gains little from more"""
+    algo: str = "ppo"
+    """"ppo" (GAE with a value head: ``ppo_rlhf_iteration``), or critic-free, one reward per response and
+    ``group_size`` responses per prompt (``critic_free_iteration``, chapter 6): "rloo" (leave-one-out
+    baseline, β·KL in the reward, one on-policy step per rollout) or "grpo" (group-normalised advantages,
+    β·k3 in the loss, num_ppo_epochs × num_minibatches clipped steps per rollout)"""
+    group_size: int = 4
+    """rloo / grpo: responses sampled per prompt, in consecutive rows; batch_size counts responses"""
+    loss_aggregation: str = "token-mean"
+    """grpo: how the learner's grpo_loss averages over tokens: "token-mean" or "sequence-mean" """
 
     @property
     def minibatch_size(self) -> int:
         return self.batch_size // self.num_minibatches
+
+    def __post_init__(self):
+        if self.algo not in ALGOS:
+            raise ValueError(f"algo must be one of {', '.join(ALGOS)}, got {self.algo!r}")
+        if self.algo != "ppo" and (self.group_size < 2 or self.batch_size % self.group_size):
+            raise ValueError(f"{self.algo} needs group_size >= 2 dividing batch_size, got group_size="
+                             f"{self.group_size}, batch_size={self.batch_size}")
 
 
 class FixedKLController:
@@ -176,6 +196,13 @@ def sampling_logits(logits: torch.Tensor, pad_id: int) -> torch.Tensor:
     """
     pad = torch.tensor([pad_id], device=logits.device)
     return logits.float().index_fill(-1, pad, -float("inf"))
+
+
+def sampling_log_softmax(logits: torch.Tensor, temperature: float, pad_id: int) -> torch.Tensor:
+    """(..., V) logits -> (..., V) log of the distribution the sampler draws from: softmax(logits / T)
+    with the pad token removed (plumbing of the critic-free loop and the evaluations; the PPO loop
+    passes ``sampling_logits`` to the student's ``response_log_probs`` instead)."""
+    return (sampling_logits(logits, pad_id) / temperature).log_softmax(-1)
 
 
 def logprob_targets(query_response: torch.Tensor, context_length: int, pad_id: int, eos_id: int) -> torch.Tensor:
@@ -369,6 +396,25 @@ def _autocast(state: RLHFState, cfg: RLHFConfig):
                           enabled=cfg.bf16)
 
 
+def _apply_lr_schedule(state: RLHFState, cfg: RLHFConfig) -> None:
+    """The learning rate of this iteration: constant, or TRL's default linear decay to 0."""
+    if cfg.lr_schedule == "linear" and cfg.total_iterations > 0:
+        for group in state.optimizer.param_groups:
+            group["lr"] = cfg.learning_rate * max(0.0, 1.0 - state.iteration / cfg.total_iterations)
+
+
+def _scores(state: RLHFState, cfg: RLHFConfig, gen: dict, reviews: list[str], reward_fn, reward_model) -> np.ndarray:
+    """(B,) float64 scores, one per response: the learned reward model on the policy's own token ids if
+    given, else ``reward_fn`` of the full reviews (default: the text world's simulated human)."""
+    from rlhf_course.textworld import gold_reward
+
+    if reward_model is not None:
+        with torch.no_grad(), _autocast(state, cfg):
+            return reward_model_scores(reward_model, gen["query_response"], gen["attention_mask"],
+                                       gen["context_length"], state.tokenizer.eos_token_id)
+    return np.asarray((reward_fn or gold_reward)(reviews), dtype=np.float64)
+
+
 def reward_model_scores(reward_model: nn.Module, query_response: torch.Tensor, attention_mask: torch.Tensor,
                         context_length: int, eos_token_id: int) -> np.ndarray:
     """(B,) float64 scores of a learned reward model on the policy's own token ids.
@@ -409,10 +455,13 @@ def ppo_rlhf_iteration(
         prompts: this process's prompts; B / world_size fresh ones from the text world if None; or a
             (B, P) tensor of prompt token ids (the speed benchmark's random prompts).
     """
-    from rlhf_course.textworld import gold_reward, sample_prompts
+    from rlhf_course.textworld import sample_prompts
     from rlhf_course.tiny_lm import generate_responses
 
     cfg = config
+    if cfg.algo != "ppo":
+        raise ValueError(f"ppo_rlhf_iteration runs algo='ppo', not {cfg.algo!r}: use critic_free_iteration "
+                         "(or rlhf_iteration, which picks the right one)")
     start = time.perf_counter()
     device = state.device
     if device.type == "cpu":
@@ -425,9 +474,7 @@ def ppo_rlhf_iteration(
             raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {world} processes")
         share = cfg.batch_size // world                         # each process rolls out its share
         prompts = sample_prompts(cfg.batch_size, seed=seed)[rank * share:(rank + 1) * share]
-    if cfg.lr_schedule == "linear" and cfg.total_iterations > 0:
-        for group in state.optimizer.param_groups:              # TRL's default: linear decay to 0
-            group["lr"] = cfg.learning_rate * max(0.0, 1.0 - state.iteration / cfg.total_iterations)
+    _apply_lr_schedule(state, cfg)
     policy, ref_policy, value_head = state.policy, state.ref_policy, state.value_head
     B, T = len(prompts), cfg.temperature
     from_sampling = cfg.rollout_logprobs == "sampling"
@@ -453,12 +500,7 @@ def ppo_rlhf_iteration(
     #    a reward function of the full review (prompt + " " + completion), e.g. the simulated human.
     prompt_texts = prompts if not isinstance(prompts, torch.Tensor) else [state.tokenizer.decode(p) for p in prompts]
     reviews = [p + " " + r for p, r in zip(prompt_texts, gen["responses"])]
-    if reward_model is not None:
-        with torch.no_grad(), _autocast(state, cfg):
-            scores = reward_model_scores(reward_model, query_response, attention_mask, ctx,
-                                         state.tokenizer.eos_token_id)
-    else:
-        scores = np.asarray((reward_fn or gold_reward)(reviews), dtype=np.float64)   # (B,)
+    scores = _scores(state, cfg, gen, reviews, reward_fn, reward_model)                        # (B,)
 
     # 3. Log-probs of the sampled tokens under the rollout policy and the reference, and values, no grad.
     with torch.no_grad(), _autocast(state, cfg):
@@ -647,6 +689,259 @@ def ppo_update(state: RLHFState, cfg: RLHFConfig, batch: dict, *, response_log_p
         "sanity/first_ratio_max_dev": first_ratio_max_dev,
     }
 
+
+# --------------------------------------------------------------------------------------------------
+# Critic-free estimators (chapter 6): RLOO and GRPO on the same rollout, no value head
+# --------------------------------------------------------------------------------------------------
+def token_log_probs(model: nn.Module, query_response: torch.Tensor, attention_mask: torch.Tensor, ctx: int,
+                    targets: torch.Tensor, temperature: float, pad_id: int) -> torch.Tensor:
+    """(B, R) log-probabilities of the response tokens under ``model``'s sampling distribution.
+
+    targets: (B, 1 + R) from ``logprob_targets``. Chapter 6's notebook has no chapter-4 answers to pass,
+    so the critic-free loop reads log-probs with this plumbing; the PPO loop keeps calling the student's
+    ``response_log_probs``.
+    """
+    logits, _ = response_logits(model, query_response, attention_mask, ctx)           # (B, R + 1, V)
+    logp = sampling_log_softmax(logits[:, :-1], temperature, pad_id)                   # (B, R, V)
+    return logp.gather(-1, targets[:, 1:, None]).squeeze(-1)                           # (B, R)
+
+
+def critic_free_iteration(state: RLHFState, config: RLHFConfig, *, rloo_advantages: Callable | None = None,
+                          group_advantages: Callable | None = None, grpo_loss: Callable | None = None,
+                          reward_fn: Callable | None = None, reward_model: nn.Module | None = None) -> dict:
+    """One RLOO or GRPO iteration (``config.algo``): the PPO loop's rollout, one advantage per response.
+
+    Both sample ``group_size`` responses to each of batch_size / group_size prompts (consecutive rows)
+    and score each response once. Then:
+
+    * "rloo" (Ahmadian et al. 2024): reward = score − β·Σ_t (log π_old − log π_ref) (the KL in the
+      reward, as in PPO), advantages from the learner's ``rloo_advantages(rewards, k)``, and one
+      on-policy REINFORCE step on −(1/B) Σ_i A_i · Σ_t log π_θ(y_i,t) (real tokens only).
+    * "grpo" (Shao et al. 2024): advantages from the learner's ``group_advantages(scores, G)`` of the raw
+      scores, then num_ppo_epochs × num_minibatches Adam steps on the learner's
+      ``grpo_loss(log_probs, old_log_probs, ref_log_probs, advantages, mask, cliprange, β,
+      loss_aggregation)``: PPO's clipped ratio per token with the k3 KL to π_ref in the loss.
+
+    β is ``state.kl_ctl.value``. The value head is not used; under torchrun each process rolls out its
+    share of the prompts (whole groups), the advantages are computed on the whole batch, and DDP
+    averages the gradients (for GRPO that is the mean of the processes' minibatch aggregates).
+
+    Returns metrics with TRL's names where one exists ("objective/kl", "objective/scores",
+    "objective/rlhf_reward", "loss/policy_avg", "policy/clipfrac_avg", "val/ratio", ...), plus
+    "sanity/advantage_group_sum" (max |sum of a group's advantages|: 0 for RLOO by construction) and
+    "sanity/logprob_max_dev" (the training forward vs the sampler's own record of each token).
+    """
+    from rlhf_course.textworld import sample_prompts
+    from rlhf_course.tiny_lm import generate_responses
+
+    cfg = config
+    if cfg.algo == "rloo" and rloo_advantages is None:
+        raise ValueError("algo='rloo' needs rloo_advantages=<the learner's function>")
+    if cfg.algo == "grpo" and (group_advantages is None or grpo_loss is None):
+        raise ValueError("algo='grpo' needs group_advantages= and grpo_loss=<the learner's functions>")
+    if cfg.algo not in ("rloo", "grpo"):
+        raise ValueError(f"critic_free_iteration runs algo='rloo' or 'grpo', not {cfg.algo!r}")
+    start = time.perf_counter()
+    device = state.device
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.torch_threads)
+    rank, world = distributed()
+    k = cfg.group_size
+    n_prompts = cfg.batch_size // k
+    if n_prompts % world:
+        raise ValueError(f"{n_prompts} prompts per rollout must be a multiple of the {world} processes")
+    seed = cfg.seed * 100_003 + state.iteration                 # a different, repeatable draw per iteration
+    rng = np.random.default_rng([seed, rank])
+    share = n_prompts // world
+    prompts = sample_prompts(n_prompts, seed=seed)[rank * share:(rank + 1) * share]
+    repeated = [p for p in prompts for _ in range(k)]           # (B,): k consecutive samples per prompt
+    _apply_lr_schedule(state, cfg)
+    policy, tok, T = state.policy, state.tokenizer, cfg.temperature
+    pad_id = tok.pad_token_id
+
+    # 1. Rollout: k responses to each prompt from the current policy, with the log-prob of each token.
+    with torch.no_grad(), _autocast(state, cfg):
+        gen = generate_responses(policy, tok, repeated, max_new_tokens=cfg.response_length, temperature=T,
+                                 seed=seed + 7_919 * rank, stop_at_eos=cfg.stop_at_eos,
+                                 return_token_logprobs=True)
+    t_generated = time.perf_counter()
+    qr, am, ctx = gen["query_response"], gen["attention_mask"], gen["context_length"]
+    mask = gen["response_mask"].float()                         # (B, R) 1 up to and incl. the first EOS
+    targets = logprob_targets(qr, ctx, pad_id, tok.eos_token_id)   # (B, 1 + R)
+    B = qr.shape[0]
+
+    # 2. One score per response, and each response's KL to the reference (k1 summed over its tokens).
+    reviews = [p + " " + r for p, r in zip(repeated, gen["responses"])]
+    scores = _scores(state, cfg, gen, reviews, reward_fn, reward_model)                     # (B,)
+    old_logprobs = gen["token_logprobs"].float() * mask         # (B, R) what each token was drawn with
+    with torch.no_grad(), _autocast(state, cfg):
+        ref_logprobs = token_log_probs(state.ref_policy, qr, am, ctx, targets, T, pad_id).float() * mask
+    kl = ((old_logprobs - ref_logprobs) * mask).sum(1).double().cpu().numpy()              # (B,) nats
+    t_scored = time.perf_counter()
+
+    # 3. The learner's advantages, one number per response, computed on the whole batch.
+    all_scores, all_kl = _gather_rows(scores), _gather_rows(kl)
+    beta = float(state.kl_ctl.value)
+    if cfg.algo == "rloo":
+        all_rewards = all_scores - beta * all_kl                # the KL in the reward (Ahmadian et al. 2024)
+        advantages = rloo_advantages(all_rewards.copy(), k)
+    else:
+        all_rewards = all_scores                                # GRPO: the KL goes into the loss instead
+        advantages = group_advantages(all_scores.copy(), k)
+    advantages = np.asarray(advantages, dtype=np.float64)
+    if advantages.shape != all_rewards.shape:
+        raise ValueError(f"the advantages have shape {advantages.shape}, the rewards {all_rewards.shape}")
+    mine = slice(rank * B, (rank + 1) * B)
+    adv = torch.as_tensor(advantages[mine], dtype=torch.float32, device=device)            # (B,)
+    t_advantages = time.perf_counter()
+
+    # 4. Update. The value head is in the forward (DDP wants every parameter used) with weight 0.
+    model = state.train_model if state.train_model is not None else PolicyAndValue(state.policy, state.value_head)
+    params = [p for p in policy.parameters()]
+    stats = {"loss": [], "clipfrac": [], "ratio": [], "max_dev": []}
+
+    def step(rows: torch.Tensor, loss_of) -> None:
+        state.optimizer.zero_grad(set_to_none=True)
+        with _autocast(state, cfg):
+            logits, vpred = model(qr[rows], am[rows], ctx)                                 # (b, R+1, V)
+        logp = sampling_log_softmax(logits[:, :-1], T, pad_id)                              # (b, R, V)
+        logprobs = logp.gather(-1, targets[rows, 1:, None]).squeeze(-1) * mask[rows]        # (b, R)
+        loss = loss_of(rows, logprobs)
+        (loss * world + 0.0 * vpred.float().sum()).backward()  # DDP averages over processes: undo it
+        for p in params:     # a tied embedding whose head got no gradient (use_fast_kernels) is sparse
+            if p.grad is not None and p.grad.is_sparse:
+                p.grad = p.grad.to_dense()
+        nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        state.optimizer.step()
+        m = mask[rows]
+        ratio = torch.exp(logprobs.detach() - old_logprobs[rows])
+        stats["loss"].append(float(loss.item()))
+        stats["ratio"].append(float((ratio * m).sum() / m.sum()))
+        stats["clipfrac"].append(float((((ratio - 1).abs() > cfg.cliprange).float() * m).sum() / m.sum()))
+        stats["max_dev"].append(float(((logprobs.detach() - old_logprobs[rows]).abs() * m).max()))
+
+    if cfg.algo == "rloo":
+        # On-policy, so no ratio and no clip: −mean_i A_i · log π_θ(y_i), over the whole batch.
+        step(torch.arange(B, device=device),
+             lambda rows, logprobs: -(adv[rows] * logprobs.sum(1)).sum() / (B * world))
+    else:
+        mb_size = max(1, B // cfg.num_minibatches)
+        b_inds = np.arange(B)
+        for _ in range(cfg.num_ppo_epochs):
+            rng.shuffle(b_inds)
+            for s0 in range(0, B, mb_size):
+                step(torch.as_tensor(b_inds[s0:s0 + mb_size], device=device),
+                     lambda rows, logprobs: grpo_loss(logprobs, old_logprobs[rows], ref_logprobs[rows],
+                                                      adv[rows], mask[rows], cfg.cliprange, beta,
+                                                      cfg.loss_aggregation))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t_updated = time.perf_counter()
+
+    # 5. Metrics over the whole batch.
+    mean = lambda x: _all_sum(float(np.mean(x)), device) / world  # noqa: E731
+    n_eos = _all_sum(int((qr[:, ctx:] == tok.eos_token_id).sum().item()), device)
+    metrics = {
+        "objective/kl": float(all_kl.mean()),
+        "objective/entropy": float(_gather_rows(-old_logprobs.sum(1).double().cpu().numpy()).mean()),
+        "objective/non_score_reward": float(-beta * all_kl.mean()),
+        "objective/rlhf_reward": float(all_scores.mean() - beta * all_kl.mean()),
+        "objective/scores": float(all_scores.mean()),
+        "objective/kl_coef": beta,
+        "loss/policy_avg": mean(stats["loss"]),
+        "policy/clipfrac_avg": mean(stats["clipfrac"]),
+        "val/ratio": mean(stats["ratio"]),
+        "val/num_eos_tokens": int(n_eos),
+        "sanity/advantage_group_sum": float(np.max(np.abs(advantages.reshape(-1, k).sum(1)))),
+        "sanity/logprob_max_dev": float(np.max(_gather_rows(np.array([stats["max_dev"][0]])))),
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "episode": (state.iteration + 1) * len(all_scores),
+        "seconds": time.perf_counter() - start,
+        "time/generation": t_generated - start,
+        "time/scores_and_logprobs": t_scored - t_generated,
+        "time/advantages": t_advantages - t_scored,
+        "time/ppo_update": t_updated - t_advantages,
+    }
+    state.kl_ctl.update(metrics["objective/kl"], len(all_scores))
+    state.iteration += 1
+    state.history.append(metrics)
+    state.last_rollout = {"prompts": repeated, "responses": list(gen["responses"]), "scores": scores,
+                          "kl": kl, "rewards": all_rewards[mine], "advantages": advantages[mine],
+                          "mask": mask.double().cpu().numpy(), "reviews": reviews}
+    return metrics
+
+
+def rlhf_iteration(state: RLHFState, config: RLHFConfig, **functions) -> dict:
+    """One iteration of ``config.algo``: ``ppo_rlhf_iteration`` or ``critic_free_iteration``, with the
+    learner's functions (and reward_fn / reward_model) passed through by name."""
+    loop = ppo_rlhf_iteration if config.algo == "ppo" else critic_free_iteration
+    return loop(state, config, **functions)
+
+
+def eval_prompts(n: int, seed: int) -> list[str]:
+    """The n held-out prompts of a run seeded ``seed`` (never a training rollout's prompt seed)."""
+    from rlhf_course.textworld import sample_prompts
+
+    return sample_prompts(n, seed=seed + 9_000)
+
+
+@torch.no_grad()
+def evaluate_samples(policy: nn.Module, ref_policy: nn.Module, tokenizer, prompts: list[str], *,
+                     response_length: int, temperature: float, reward_model: nn.Module | None = None,
+                     bf16: bool = False, seed: int = 12_345) -> dict:
+    """Sample the policy once per prompt and measure what RLHF optimises and what it is judged by.
+
+    Returns means over responses of: "gold" (the simulated human's reward), "proxy" (the learned reward
+    model's score; only with ``reward_model``), "kl" (KL(π‖π_ref) of the whole response, exactly: the sum
+    over its tokens of the per-token KL between the two temperature-T sampling distributions, so no
+    sampling noise from k1), "length" (response tokens), "eos" (fraction that ended by themselves) and
+    "distinct" (distinct words / words: repetition, a classic reward hack, lowers it). Also the raw
+    per-sample arrays ("per_sample") and the "texts". With fixed prompts and seed, differences between
+    evaluations are the policy's (common random numbers).
+    """
+    from rlhf_course.textworld import gold_reward
+    from rlhf_course.tiny_lm import generate_responses
+
+    device = next(policy.parameters()).device
+    pad = tokenizer.pad_token_id
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    keys = ("gold", "proxy", "kl", "length", "eos", "distinct") if reward_model is not None else (
+        "gold", "kl", "length", "eos", "distinct")
+    rows = {k: [] for k in keys}
+    texts = []
+    for i in range(0, len(prompts), 256):
+        batch_prompts = prompts[i:i + 256]
+        with autocast:
+            gen = generate_responses(policy, tokenizer, batch_prompts, response_length, temperature=temperature,
+                                     seed=seed + i, return_logits=True)
+            qr, am, ctx = gen["query_response"], gen["attention_mask"], gen["context_length"]
+            ref_logits, _ = response_logits(ref_policy, qr, am, ctx)               # (B, R + 1, V)
+            if reward_model is not None:
+                rows["proxy"] += reward_model_scores(reward_model, qr, am, ctx, tokenizer.eos_token_id).tolist()
+        mask = gen["response_mask"]                                                 # (B, R)
+        logp = sampling_log_softmax(gen["logits"], temperature, pad)                   # (B, R, V)
+        ref_logp = sampling_log_softmax(ref_logits[:, :-1].float(), temperature, pad)
+        kl_tok = (logp.exp() * (logp - ref_logp)).nan_to_num().sum(-1)              # (B, R) exact per token
+        reviews = [p + " " + r for p, r in zip(batch_prompts, gen["responses"])]
+        rows["gold"] += gold_reward(reviews).tolist()
+        rows["kl"] += (kl_tok * mask).sum(1).double().cpu().tolist()
+        rows["length"] += mask.sum(1).cpu().tolist()
+        rows["eos"] += (qr[:, ctx:] == tokenizer.eos_token_id).any(1).float().cpu().tolist()
+        rows["distinct"] += [len(set(r.split())) / max(1, len(r.split())) for r in gen["responses"]]
+        texts += reviews
+    out = {k: float(np.mean(v)) for k, v in rows.items()}
+    out["per_sample"] = {k: np.asarray(v) for k, v in rows.items()}
+    out["texts"] = texts
+    return out
+
+
+def evaluate(state: RLHFState, config: RLHFConfig, n_prompts: int = 128, reward_model: nn.Module | None = None,
+             seed: int = 12_345) -> dict:
+    """``evaluate_samples`` of the state's policy against its reference on the run's ``n_prompts``
+    held-out prompts (``eval_prompts(n_prompts, config.seed)``), at the run's length and temperature."""
+    return evaluate_samples(state.policy, state.ref_policy, state.tokenizer, eval_prompts(n_prompts, config.seed),
+                            response_length=config.response_length, temperature=config.temperature,
+                            reward_model=reward_model, bf16=config.bf16, seed=seed)
 
 # --------------------------------------------------------------------------------------------------
 # Checkpoints: everything an uninterrupted run would carry into its next iteration

@@ -1,8 +1,8 @@
 """Calibrate the beyond-PPO exercise's graded RLOO micro-run: what correct and broken rloo_advantages reach.
 
 For each seed, runs exactly what Part E's graded cell of solutions/beyond_ppo/beyond_ppo.ipynb runs:
-``RLOOConfig(seed=seed)`` (30 iterations of 16 prompts × k = 4 from the pretrained tiny GPT-2, one torch
-thread), evaluated on the held-out prompts before and after, with the solution's ``rloo_advantages`` or the
+``RLHFConfig(algo="rloo", seed=seed, ...)`` through ``critic_free_iteration`` (30 iterations of 16 prompts ×
+k = 4 from the pretrained tiny GPT-2, one torch thread), evaluated on the held-out prompts before and after, with the solution's ``rloo_advantages`` or the
 solution with one plausible mistake. Each broken variant runs WITHOUT the cell's sanity checks, to show
 whether the thresholds alone would catch it; the column "sanity" says whether the checks that run first in
 the graded cell catch it anyway (Part B's own tests always do).
@@ -32,7 +32,7 @@ BROKEN = {
     "batch_baseline": (_LOO, "(groups.sum() - groups) / (groups.size - 1)"),
     "sign": ("groups - baseline", "baseline - groups"),
 }
-THRESHOLDS = ["MICRORUN_SEED", "RLOO_GOLD_GAIN", "KL_BOUND"]
+THRESHOLDS = ["MICRORUN_SEED", "RLOO_GOLD_GAIN", "KL_BOUND", "ITERATIONS"]
 
 
 def thresholds() -> dict:
@@ -65,15 +65,15 @@ def sanity_checks_pass(fn) -> bool:
 
 def microrun(variant: str, seed: int) -> dict:
     """Part E's graded run for one rloo_advantages variant and one seed."""
-    from rlhf_course.beyond_ppo import RLOOConfig, evaluate, make_rloo_state, rloo_iteration
+    from rlhf_course.rlhf_ppo import RLHFConfig, critic_free_iteration, evaluate, make_rlhf_state
 
     fn = rloo_advantages(variant)
     wall, cpu = time.perf_counter(), time.process_time()
-    cfg = RLOOConfig(seed=seed)
-    state = make_rloo_state(cfg)
-    before = evaluate(cfg, state.policy, state.ref_policy, state.tokenizer)
-    metrics = [rloo_iteration(state, cfg, rloo_advantages=fn) for _ in range(cfg.iterations)]
-    after = evaluate(cfg, state.policy, state.ref_policy, state.tokenizer)
+    cfg = RLHFConfig(algo="rloo", seed=seed, batch_size=64, group_size=4, learning_rate=3e-4, init_kl_coef=0.05)
+    state = make_rlhf_state(cfg)
+    before = evaluate(state, cfg)
+    metrics = [critic_free_iteration(state, cfg, rloo_advantages=fn) for _ in range(thresholds()["ITERATIONS"])]
+    after = evaluate(state, cfg)
     return {"variant": variant, "seed": seed, "sanity": sanity_checks_pass(fn), "gold_before": before["gold"],
             "gold_after": after["gold"], "gain": after["gold"] - before["gold"], "kl": after["kl"],
             "length": after["length"], "group_sum": max(m["sanity/advantage_group_sum"] for m in metrics),

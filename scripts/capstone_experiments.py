@@ -26,11 +26,17 @@ Experiments (``--only`` picks some):
 5. ``rm_shift`` a reward model trained on grammar pairs (chapter 3's data) next to the one trained on the
                SFT model's samples, both evaluated on both kinds of held-out pairs, and both re-scoring the
                held-out samples of the SFT policy and of every sweep run's last policy (agreement with gold).
+6. ``race``    chapter 6: PPO, RLOO and GRPO (``rlhf_iteration`` with algo=…) against the same reward model,
+               --iterations each, and DPO (``rlhf_course.dpo``) on the reward model's own training pairs,
+               at the β of RACE_BETAS, every run evaluated like the sweep's. Not in the default --only:
+               chapter 6's data are made with
+    .venv/bin/python scripts/capstone_experiments.py --only race bon --iterations 100 --data-dir book/beyond_ppo/data
 
 Output in --data-dir (default book/capstone/data/; every file carries the command and the date):
     runs.csv            one row per evaluation of every PPO run
     train_metrics.csv   TRL-named metrics of every PPO iteration of every run (run name, iteration, metrics;
                         the run's settings are in runs.csv)
+    dpo_metrics.csv     the race's DPO runs per step: loss, implicit rewards, accuracy, margins, log-probs
     examples.json       the held-out prompts' samples (with gold and proxy) of the SFT policy and of each
                         seed-0 run's last policy
     sft.json            per seed: gold reward of the base and SFT policies, SFT losses, samples
@@ -40,7 +46,9 @@ Output in --data-dir (default book/capstone/data/; every file carries the comman
     summary.json        settings, timings and the key numbers (also printed as a table)
 
 The graded functions (sft_loss, RewardModel, the chapter-4 functions, AdaptiveKLController, best_of_n_kl)
-come from a notebook, ``rlhf_course.capstone.default_answers()`` unless --answers says otherwise.
+come from a notebook, ``rlhf_course.capstone.default_answers()`` unless --answers says otherwise; the race's
+chapter-6 functions (rloo_advantages, group_advantages, grpo_loss, dpo_loss) from
+``default_answers("beyond_ppo")`` unless --beyond-answers says otherwise.
 """
 from __future__ import annotations
 
@@ -73,14 +81,26 @@ CSV_TRAIN_KEYS = ["objective/kl", "objective/entropy", "objective/rlhf_reward", 
                   "objective/gold_scores", "objective/kl_coef", "policy/approxkl_avg", "policy/clipfrac_avg",
                   "policy/entropy_avg", "val/num_eos_tokens", "seconds"]
 """The ones train_metrics.csv keeps (4 significant digits), to keep the committed file small."""
+DPO_TRAIN_KEYS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                  "logps/chosen", "logps/rejected", "seconds"]
+"""What a DPO run keeps per step in train_metrics.csv (TRL's DPOTrainer names)."""
 EVAL_KEYS = ["gold", "proxy", "kl", "sqrt_kl", "length", "eos", "distinct", "rm_agreement"]
+RACE_BETAS = {"ppo": [0.05, 0.2], "rloo": [0.05, 0.2], "grpo": [0.04, 0.2], "dpo": [0.1, 0.5]}
+"""β of the race's runs: the KL coefficient in the reward (PPO, RLOO), of the k3 term in the loss (GRPO; 0.04 is
+DeepSeekMath's), or of the DPO loss."""
+RACE_LR = {"ppo": 1e-4, "rloo": 3e-4, "grpo": 1e-4, "dpo": 1e-4}
+"""Learning rates of the race: the cpu preset's for PPO, chapter 6's micro-run's for RLOO (one step per rollout
+where PPO takes 8), the cpu preset's for GRPO and DPO."""
+DPO_EPOCHS, DPO_EVAL_EVERY = 2, 16
+"""DPO's passes over the reward model's training pairs, and its evaluation interval in steps."""
+BEYOND_FUNCTIONS = ["rloo_advantages", "group_advantages", "grpo_loss", "dpo_loss"]
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--only", nargs="+", default=["sweep", "pairs", "control", "bon", "rm_shift"],
-                   choices=["sweep", "pairs", "control", "bon", "rm_shift"], help="experiments to run")
+                   choices=["sweep", "pairs", "control", "bon", "rm_shift", "race"], help="experiments to run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the sweep, pairs and bon")
     p.add_argument("--betas", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1, 0.3], help="fixed β of the sweep")
     p.add_argument("--iterations", type=int, default=150, help="PPO iterations per run")
@@ -100,6 +120,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=2, help="processes running jobs side by side (1 thread each)")
     p.add_argument("--answers", type=Path, default=None,
                    help="notebook with the graded functions (default: rlhf_course.capstone.default_answers())")
+    p.add_argument("--beyond-answers", type=Path, default=None,
+                   help="the race's chapter-6 functions (default: default_answers('beyond_ppo'))")
     p.add_argument("--data-dir", type=Path, default=REPO / "book" / "capstone" / "data", help="where results go")
     p.add_argument("--scratch", type=Path, default=None,
                    help="cache of SFT models, reward models and finished runs "
@@ -144,6 +166,8 @@ def rm_key(cfg, source: str) -> str:
 
 def run_name(spec: dict) -> str:
     parts = [spec["experiment"], f"s{spec['seed']}", f"b{spec['beta']:g}", f"p{spec['pairs']}"]
+    if spec.get("algo", "ppo") != "ppo":
+        parts.insert(1, spec["algo"])
     if spec["controller"] != "fixed":
         parts.append(f"adaptive{spec['kl_target']:g}-h{spec['kl_horizon']}")
     if spec["lr"] != 1e-4:
@@ -276,23 +300,42 @@ def _job_models(job: dict):
     return answers, sft_model, tokenizer, _load_rm(answers, sft_model, Path(job["rm_path"]))
 
 
+def evaluation_row(cfg, policy, ref_policy, rm, tokenizer, iteration: int, keep_texts: bool) -> dict:
+    """One evaluation of a policy on the held-out prompts: EVAL_KEYS, and the samples if keep_texts."""
+    from rlhf_course import capstone as cs
+
+    ev = cs.evaluate_policy(cfg, policy, ref_policy, rm, tokenizer)
+    row = {"iteration": iteration, **{k: ev[k] for k in ("gold", "proxy", "kl", "length", "eos", "distinct")}}
+    row["sqrt_kl"] = math.sqrt(max(ev["kl"], 0.0))
+    row["rm_agreement"] = pair_agreement(ev["per_sample"]["proxy"], ev["per_sample"]["gold"])
+    if keep_texts:
+        row["samples"] = [{"text": t, "gold": float(g), "proxy": float(p)} for t, g, p in
+                          zip(ev["texts"], ev["per_sample"]["gold"], ev["per_sample"]["proxy"])]
+    return row
+
+
 def ppo_job(job: dict) -> dict:
-    """One PPO run against a cached reward model, evaluated on the held-out prompts every eval_every."""
+    """One run of the rollout loop (PPO, or the race's RLOO / GRPO: spec["algo"]) against a cached reward
+    model, evaluated on the held-out prompts every eval_every."""
     _setup()
     from rlhf_course import capstone as cs
     from rlhf_course import textworld as tw
-    from rlhf_course.rlhf_ppo import FixedKLController, make_rlhf_state, ppo_rlhf_iteration
+    from rlhf_course.rlhf_ppo import FixedKLController, make_rlhf_state, rlhf_iteration
 
     cfg, spec, out = job["cfg"], job["spec"], Path(job["path"])
     if out.exists():
         return json.loads(out.read_text())
     start = time.perf_counter()
     answers, sft_model, tokenizer, rm = _job_models(job)
-    ppo = replace(cfg.ppo, init_kl_coef=spec["beta"], learning_rate=spec["lr"], kl_target=spec["kl_target"],
+    algo = spec.get("algo", "ppo")
+    ppo = replace(cfg.ppo, **cs.ALGO_SETTINGS[algo])
+    ppo = replace(ppo, init_kl_coef=spec["beta"], learning_rate=spec["lr"], kl_target=spec["kl_target"],
                   kl_horizon=spec["kl_horizon"])
     kl_ctl = (answers["AdaptiveKLController"](spec["beta"], spec["kl_target"], spec["kl_horizon"])
               if spec["controller"] == "adaptive" else FixedKLController(spec["beta"]))
-    fns = {k: answers[k] for k in cs.PPO_FUNCTIONS}
+    if algo != "ppo":
+        answers.update(_beyond_answers(job["beyond_answers"]))
+    fns = {k: answers[k] for k in cs.ALGO_FUNCTIONS[algo]}
     if spec["broken"] == "kl_sign":    # the KL penalty with the wrong sign: moving away is *rewarded*
         per_token_rewards = fns["per_token_rewards"]
         fns["per_token_rewards"] = lambda s, lp, ref, m, kl_coef: per_token_rewards(s, lp, ref, m, -kl_coef)
@@ -300,28 +343,68 @@ def ppo_job(job: dict) -> dict:
                             description="SFT model")
 
     def evaluation(iteration: int, keep_texts: bool) -> dict:
-        ev = cs.evaluate_policy(cfg, state.policy, state.ref_policy, rm, tokenizer)
-        row = {"iteration": iteration, **{k: ev[k] for k in ("gold", "proxy", "kl", "length", "eos", "distinct")}}
-        row["sqrt_kl"] = math.sqrt(max(ev["kl"], 0.0))
-        row["rm_agreement"] = pair_agreement(ev["per_sample"]["proxy"], ev["per_sample"]["gold"])
-        if keep_texts:
-            row["samples"] = [{"text": t, "gold": float(g), "proxy": float(p)} for t, g, p in
-                              zip(ev["texts"], ev["per_sample"]["gold"], ev["per_sample"]["proxy"])]
-        return row
+        return evaluation_row(cfg, state.policy, state.ref_policy, rm, tokenizer, iteration, keep_texts)
 
     evals, train = [evaluation(0, keep_texts=True)], []
     for it in range(1, cfg.ppo_iterations + 1):
-        m = ppo_rlhf_iteration(state, ppo, **fns, reward_model=rm)
+        m = rlhf_iteration(state, ppo, **fns, reward_model=rm)
         m["objective/gold_scores"] = float(np.mean(tw.gold_reward(state.last_rollout["reviews"])))
-        train.append({"iteration": it, **{k: float(m[k]) for k in TRAIN_KEYS}})
+        train.append({"iteration": it, **{k: float(m.get(k, math.nan)) for k in TRAIN_KEYS}})  # RLOO: no approx KL
         if it % cfg.eval_every == 0 or it == cfg.ppo_iterations:
             evals.append(evaluation(it, keep_texts=it == cfg.ppo_iterations))
-        if not all(math.isfinite(v) for v in train[-1].values()):
+        if not all(math.isfinite(m[k]) for k in TRAIN_KEYS if k in m):
             break                       # a broken run may diverge to NaN: keep what it logged
     result = {"spec": spec, "name": job["name"], "evals": evals, "train": train,
-              "seconds": time.perf_counter() - start}
+              "train_seconds": sum(row["seconds"] for row in train), "seconds": time.perf_counter() - start}
     _write_json(out, result)
     return result
+
+
+def dpo_job(job: dict) -> dict:
+    """DPO from the SFT model on the reward model's own training pairs (no reward model in training),
+    evaluated like the rollout runs every DPO_EVAL_EVERY steps; logs the chosen and rejected log-probs."""
+    _setup()
+    from rlhf_course import capstone as cs
+    from rlhf_course.dpo import DPOConfig, make_dpo_state, train_dpo
+
+    cfg, spec, out = job["cfg"], job["spec"], Path(job["path"])
+    if out.exists():
+        return json.loads(out.read_text())
+    start = time.perf_counter()
+    answers, sft_model, tokenizer, rm = _job_models(job)
+    dpo_loss = _beyond_answers(job["beyond_answers"])["dpo_loss"]
+    train_prefs, _, _ = cs.preference_stage(replace(cfg, pref_pairs=spec["pairs"]), sft_model, tokenizer)
+    dcfg = DPOConfig(seed=cfg.seed, beta=spec["beta"], learning_rate=spec["lr"], epochs=DPO_EPOCHS,
+                     temperature=cfg.ppo.temperature)
+    state = make_dpo_state(dcfg, copy.deepcopy(sft_model), tokenizer)
+    evals = [evaluation_row(cfg, state.policy, state.ref_policy, rm, tokenizer, 0, keep_texts=True)]
+    train, eval_seconds = [], 0.0
+
+    def callback(st, m):
+        nonlocal eval_seconds
+        train.append({"iteration": st.step, **m})
+        if st.step % DPO_EVAL_EVERY == 0:
+            t0 = time.perf_counter()
+            evals.append(evaluation_row(cfg, st.policy, st.ref_policy, rm, tokenizer, st.step, keep_texts=False))
+            eval_seconds += time.perf_counter() - t0
+
+    t_train = time.perf_counter()
+    train_dpo(state, dcfg, train_prefs, dpo_loss=dpo_loss, callback=callback)
+    train_seconds = time.perf_counter() - t_train - eval_seconds
+    if evals[-1]["iteration"] != state.step:
+        evals.append(evaluation_row(cfg, state.policy, state.ref_policy, rm, tokenizer, state.step, keep_texts=True))
+    else:
+        evals[-1] = evaluation_row(cfg, state.policy, state.ref_policy, rm, tokenizer, state.step, keep_texts=True)
+    result = {"spec": spec, "name": job["name"], "evals": evals, "train": train, "pairs_used": len(train_prefs),
+              "train_seconds": train_seconds, "seconds": time.perf_counter() - start}
+    _write_json(out, result)
+    return result
+
+
+def _beyond_answers(path):
+    from rlhf_course.answers import load_answers
+
+    return load_answers(path, BEYOND_FUNCTIONS)
 
 
 def bon_job(job: dict) -> dict:
@@ -366,7 +449,8 @@ def shift_job(job: dict) -> dict:
 
 
 def _dispatch(job: dict) -> dict:
-    return {"sft": sft_job, "rm": rm_job, "ppo": ppo_job, "bon": bon_job, "shift": shift_job}[job["kind"]](job)
+    return {"sft": sft_job, "rm": rm_job, "ppo": ppo_job, "dpo": dpo_job, "bon": bon_job,
+            "shift": shift_job}[job["kind"]](job)
 
 
 def run_jobs(jobs: list[dict], workers: int, desc: str) -> list[dict]:
@@ -451,6 +535,9 @@ def main(argv=None) -> int:
     print(f"$ {command}\n{date}", flush=True)
     answers_path = Path(args.answers or cs.default_answers()).resolve()
     _answers(answers_path)                                     # fail now, not inside a worker
+    beyond_path = Path(args.beyond_answers or cs.default_answers("beyond_ppo")).resolve()
+    if "race" in args.only:
+        _beyond_answers(beyond_path)
     scratch = Path(args.scratch or default_cache_dir() / "capstone_experiments")
     scratch.mkdir(parents=True, exist_ok=True)
     load_tiny_lm(progress=False)                               # build the base model once, before the workers
@@ -458,7 +545,7 @@ def main(argv=None) -> int:
     only = set(args.only)
     seeds = sorted(set(args.seeds) | (set(args.control_seeds) if "control" in only else set()))
     cfgs = {s: base_config(s, args.quick, args.eval_every, args.iterations) for s in seeds}
-    common = {"answers": str(answers_path)}
+    common = {"answers": str(answers_path), "beyond_answers": str(beyond_path)}
 
     # 1. SFT, once per seed
     sft_dirs = {s: scratch / sft_key(cfgs[s]) for s in seeds}
@@ -480,9 +567,10 @@ def main(argv=None) -> int:
           "name": f"RM seed {t[0]} {t[1]} {t[2]}", **common} for t in rm_specs], args.workers, "2/3 reward models")))
 
     # 3. PPO runs and best-of-n
-    def spec(experiment, seed, beta, pairs=args.pairs, controller="fixed", lr=1e-4, broken=""):
-        return {"experiment": experiment, "seed": seed, "beta": beta, "pairs": pairs, "controller": controller,
-                "lr": lr, "broken": broken, "kl_target": args.kl_target, "kl_horizon": args.kl_horizon}
+    def spec(experiment, seed, beta, pairs=args.pairs, controller="fixed", lr=1e-4, broken="", algo="ppo"):
+        sp = {"experiment": experiment, "seed": seed, "beta": beta, "pairs": pairs, "controller": controller,
+              "lr": lr, "broken": broken, "kl_target": args.kl_target, "kl_horizon": args.kl_horizon}
+        return {**sp, "algo": algo} if algo != "ppo" else sp      # a PPO spec keeps its cache key
 
     specs = []
     if "sweep" in only or "pairs" in only:                    # the pairs experiment's 2048 run is in the sweep
@@ -495,6 +583,9 @@ def main(argv=None) -> int:
         specs += [spec("control", s, b, controller="adaptive") for s in args.control_seeds for b in args.adaptive_betas]
         specs += [spec("control", s, 0.1, lr=args.broken_lr, broken="lr_x10") for s in args.control_seeds]
         specs += [spec("control", s, 0.1, broken="kl_sign") for s in args.control_seeds]
+    if "race" in only:
+        specs += [spec("race", s, b, lr=RACE_LR[a], algo=a) for a in ("ppo", "rloo", "grpo", "dpo")
+                  for s in args.seeds for b in RACE_BETAS[a]]
     unique = {}
     for sp in specs:
         unique.setdefault(run_name(sp), sp)
@@ -502,7 +593,7 @@ def main(argv=None) -> int:
     for name, sp in unique.items():
         cfg = cfgs[sp["seed"]]
         t = (sp["seed"], "sft", sp["pairs"])
-        jobs.append({"kind": "ppo", "cfg": cfg, "spec": sp, "name": name, "sft_dir": str(sft_dirs[sp["seed"]]),
+        jobs.append({"kind": "dpo" if sp.get("algo") == "dpo" else "ppo", "cfg": cfg, "spec": sp, "name": name, "sft_dir": str(sft_dirs[sp["seed"]]),
                      "rm_path": str(rm_paths[t]), "path": str(scratch / "runs" / f"{name}-{key([rm_key(rm_cfg[t], 'sft'), sp, cfg.ppo_iterations, cfg.eval_every, asdict(cfg.ppo)])}.json"),
                      **common})
     if "bon" in only:
@@ -513,7 +604,7 @@ def main(argv=None) -> int:
                          "path": str(scratch / "bon" / f"bon-s{s}-{key([rm_key(rm_cfg[t], 'sft'), args.bon_n, args.bon_samples])}.json"),
                          **common})
     results = run_jobs(jobs, args.workers, "3/3 PPO runs and best-of-n")
-    runs = [r for j, r in zip(jobs, results) if j["kind"] == "ppo"]
+    runs = [r for j, r in zip(jobs, results) if j["kind"] in ("ppo", "dpo")]
     bons = [r for j, r in zip(jobs, results) if j["kind"] == "bon"]
     shift = []
     if "rm_shift" in only and "sweep" in only:                # both reward models re-score the sweep's samples
@@ -535,16 +626,22 @@ def main(argv=None) -> int:
                 if answers_path.is_relative_to(REPO) else answers_path.name,
                 "cpu_config": json.loads(json.dumps(asdict(cfgs[seeds[0]]), default=_jsonable))}
     if runs:
-        eval_rows, train_rows = [], []
+        eval_rows, train_rows, dpo_rows = [], [], []
         for r in runs:
             sp = r["spec"]
-            ident = {"run": r["name"], "experiment": sp["experiment"], "seed": sp["seed"], "pairs": sp["pairs"],
+            ident = {"run": r["name"], "experiment": sp["experiment"], "algo": sp.get("algo", "ppo"),
+                     "seed": sp["seed"], "pairs": sp["pairs"],
                      "beta": sp["beta"], "controller": sp["controller"], "lr": sp["lr"], "broken": sp["broken"]}
             eval_rows += [{**ident, **{k: ev[k] for k in ["iteration", *EVAL_KEYS]}} for ev in r["evals"]]
-            train_rows += [{"run": r["name"], "iteration": row["iteration"],
-                            **{k: _round(row[k], 4) for k in CSV_TRAIN_KEYS}} for row in r["train"]]
+            dpo = sp.get("algo") == "dpo"
+            (dpo_rows if dpo else train_rows).extend(
+                {"run": r["name"], "iteration": row["iteration"],
+                 **{k: _round(row.get(k, math.nan), 4) for k in (DPO_TRAIN_KEYS if dpo else CSV_TRAIN_KEYS)}}
+                for row in r["train"])
         write_csv(data / "runs.csv", eval_rows, header)
         write_csv(data / "train_metrics.csv", train_rows, header)
+        if dpo_rows:
+            write_csv(data / "dpo_metrics.csv", dpo_rows, header)
         examples = {"command": command, "date": date, "sft": {}, "runs": {}}
         for r in runs:
             if r["spec"]["seed"] != seeds[0]:
@@ -580,7 +677,7 @@ def main(argv=None) -> int:
             table.append((f"PPO β={beta:g}, best gold", mean_over_seeds([e["gold"] for e in peaks]),
                           mean_over_seeds([e["proxy"] for e in peaks]), mean_over_seeds([e["kl"] for e in peaks])))
     for r in runs:
-        if r["spec"]["experiment"] in ("pairs", "control"):
+        if r["spec"]["experiment"] in ("pairs", "control", "race"):
             e = r["evals"][-1]
             table.append((r["name"], e["gold"], e["proxy"], e["kl"]))
     for n in args.bon_n if bons else []:
@@ -594,6 +691,7 @@ def main(argv=None) -> int:
                "table": [{"what": w, "gold": g, "proxy": p, "kl": k} for w, g, p, k in table],
                "reward_models": [{k: v for k, v in rec.items()} for rec in rm_records.values()],
                "run_seconds": {r["name"]: r["seconds"] for r in runs},
+               "train_seconds": {r["name"]: r["train_seconds"] for r in runs if "train_seconds" in r},
                "bon_seconds": {str(b["seed"]): b["seconds"] for b in bons}}
     _write_json(data / "summary.json", summary)
     print(f"\n{'':34} {'gold':>7} {'proxy':>7} {'KL nats':>8}")

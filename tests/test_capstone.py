@@ -117,6 +117,12 @@ def test_one_line_errors_with_exit_code_2(small_runs, tmp_path):
         ((*cli, *check, "--out", tmp_path / "y", "--answers", REPO / "exercises/capstone/capstone.ipynb"),
          ["not implemented yet", "sft_loss"]),
     ]
+    cases += [  # chapter 6's estimators: their own answers notebook, and a run's settings stay its own
+        ((*cli, *check, "--algo", "rloo", "--out", tmp_path / "z", "--answers", ANSWERS, "--beyond-answers",
+          REPO / "exercises/beyond_ppo/beyond_ppo.ipynb"), ["not implemented yet", "rloo_advantages"]),
+        ((*cli, *check, "--algo", "grpo", "--out", small_runs / "a", "--resume", "--answers", ANSWERS),
+         ["other settings"]),
+    ]
     if not torch.cuda.is_available():
         cases.append(((*cli, "--preset", "gpu", "--out", tmp_path / "x", "--answers", ANSWERS), ["needs a CUDA GPU"]))
     # all at once: each spends seconds importing torch and transformers before it fails
@@ -125,6 +131,19 @@ def test_one_line_errors_with_exit_code_2(small_runs, tmp_path):
     for proc, argv, words in procs:
         stdout, stderr = proc.communicate(timeout=300)
         one_line_error(subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr), *words)
+
+
+@pytest.mark.parametrize("algo", ["rloo", "grpo"])
+def test_critic_free_algos_run_the_same_pipeline(tmp_path, algo):
+    proc = capstone("--preset", "check", "--device", "cpu", "--quiet", "--json", "--algo", algo, "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert line["algo"] == algo and json.loads((tmp_path / "config.json").read_text())["ppo"]["algo"] == algo
+    metrics = cs.read_metrics(tmp_path)
+    assert len(metrics) == cs.get_preset("check", device="cpu").ppo_iterations
+    assert all(m["sanity/advantage_group_sum"] < 1e-6 for m in metrics)   # RLOO's and GRPO's groups sum to 0
+    assert metrics[-1]["objective/kl"] > 0 and "eval/gold_reward" in metrics[-1]
+    assert (tmp_path / "training_curves.png").stat().st_size > 1000
 
 
 def test_a_corrupt_checkpoint_is_refused_and_nothing_is_lost(small_runs, tmp_path):
