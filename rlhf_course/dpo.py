@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from rlhf_course.rlhf_ppo import sampling_log_softmax, use_fast_kernels
+from rlhf_course.rlhf_ppo import clipped_step, sampling_log_softmax, use_fast_kernels
 
 
 @dataclass
@@ -162,11 +162,7 @@ def dpo_step(state: DPOState, cfg: DPOConfig, chosen, rejected, ref_chosen: torc
     surrogate = (torch.as_tensor(g_c, dtype=lc.dtype) * lc).sum() + (torch.as_tensor(g_r, dtype=lc.dtype) * lr_).sum()
     state.optimizer.zero_grad(set_to_none=True)
     surrogate.backward()
-    for p in state.policy.parameters():     # a tied embedding whose head got no gradient is sparse
-        if p.grad is not None and p.grad.is_sparse:
-            p.grad = p.grad.to_dense()
-    nn.utils.clip_grad_norm_(state.policy.parameters(), cfg.max_grad_norm)
-    state.optimizer.step()
+    clipped_step(state.optimizer, list(state.policy.parameters()), cfg.max_grad_norm)
 
     chosen_rewards, rejected_rewards = np.asarray(chosen_rewards), np.asarray(rejected_rewards)
     metrics = {"loss": float(loss), "rewards/chosen": float(chosen_rewards.mean()),

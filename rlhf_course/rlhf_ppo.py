@@ -245,6 +245,19 @@ def use_fast_kernels(model: nn.Module, sparse_embedding: bool = True) -> nn.Modu
     return model
 
 
+
+def clipped_step(optimizer: torch.optim.Optimizer, params: list, max_grad_norm: float) -> None:
+    """Clip the global gradient norm of ``params`` and take the optimizer's step.
+
+    A tied embedding whose head got no gradient this step (``use_fast_kernels``) holds a sparse gradient;
+    Adam and the norm want it dense.
+    """
+    for p in params:
+        if p.grad is not None and p.grad.is_sparse:
+            p.grad = p.grad.to_dense()
+    nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+
 class PolicyAndValue(nn.Module):
     """The policy LM and its value head on the shared trunk: one module, so DDP can wrap both."""
 
@@ -668,11 +681,7 @@ def ppo_update(state: RLHFState, cfg: RLHFConfig, batch: dict, *, response_log_p
                 stats["ratio"].append(masked_mean(r_np, m))
             stats["pg_loss"].append(pg_loss_sum)
             stats["vf_loss"].append(vf_loss_sum)
-            for p in params:     # a tied embedding whose head got no gradient (use_fast_kernels) is sparse
-                if p.grad is not None and p.grad.is_sparse:
-                    p.grad = p.grad.to_dense()
-            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            state.optimizer.step()
+            clipped_step(state.optimizer, params, cfg.max_grad_norm)
 
     # Per-process means of the diagnostics are averaged over processes; the losses are already
     # shares of the whole minibatch's token mean, so their sum over processes is the loss.
@@ -808,11 +817,7 @@ def critic_free_iteration(state: RLHFState, config: RLHFConfig, *, rloo_advantag
         logprobs = logp.gather(-1, targets[rows, 1:, None]).squeeze(-1) * mask[rows]        # (b, R)
         loss = loss_of(rows, logprobs)
         (loss * world + 0.0 * vpred.float().sum()).backward()  # DDP averages over processes: undo it
-        for p in params:     # a tied embedding whose head got no gradient (use_fast_kernels) is sparse
-            if p.grad is not None and p.grad.is_sparse:
-                p.grad = p.grad.to_dense()
-        nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        state.optimizer.step()
+        clipped_step(state.optimizer, params, cfg.max_grad_norm)
         m = mask[rows]
         ratio = torch.exp(logprobs.detach() - old_logprobs[rows])
         stats["loss"].append(float(loss.item()))
