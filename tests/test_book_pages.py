@@ -218,11 +218,63 @@ def test_the_landing_page_has_what_a_newcomer_needs():
     assert citation["title"] == CONFIG["title"]
 
 
+STARS = re.compile(r"[★☆]+")
+NUMBER_WORDS = {0: "no", 1: "one", 2: "two", 3: "three"}
+
+
+def stars_without_words(text: str) -> list[str]:
+    """'line N: ★★☆ ...' for each star rating with no words next to it (a screen reader says only
+    "black star, black star, white star", or nothing).
+
+    Words are '(2 of 3' right after the stars, or '(difficulty 2 of 3', as in the exercise notebooks,
+    or a table's next cell 'two stars of three', as in the landing page's legend; the number must be
+    the count of filled stars, and a rating has three stars.
+    """
+    problems = []
+    for match in STARS.finditer(text):
+        stars, after = match.group(), text[match.end():match.end() + 60]
+        filled = stars.count("★")
+        words = re.match(rf"\s*\((?:difficulty )?{filled} of 3\b", after) or \
+            re.match(rf"\s*\|\s*{NUMBER_WORDS.get(filled, filled)} stars? of three\b", after)
+        if len(stars) != 3 or not words:
+            line = text.count("\n", 0, match.start()) + 1
+            problems.append(f"line {line}: {stars}{after.splitlines()[0][:30] if after.strip() else ''}")
+    return problems
+
+
+def markdown_of(notebook: Path) -> str:
+    """The notebook's markdown cells, one after the other (line numbers count from the first)."""
+    cells = json.loads(notebook.read_text())["cells"]
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+
+
+EXERCISE_NOTEBOOKS = sorted([*(REPO / "solutions").glob("*/*.ipynb"), *(REPO / "exercises").glob("*/*.ipynb")])
+
+
 def test_star_ratings_have_words_for_screen_readers():
     intro = (BOOK / "intro.md").read_text()
     for stars, word in [("★☆☆", "introductory"), ("★★☆", "intermediate"), ("★★★", "advanced")]:
         row = next((line for line in intro.splitlines() if line.startswith(f"| {stars} |")), "")
         assert word in row, f"the legend has no row '| {stars} | ... {word} ...'"
+    problems = {str(page.relative_to(REPO)): stars_without_words(page.read_text()) for page in BOOK.rglob("*.md")}
+    assert not any(problems.values()), {page: found for page, found in problems.items() if found}
+
+
+@pytest.mark.parametrize("notebook", EXERCISE_NOTEBOOKS, ids=lambda p: str(p.relative_to(REPO).parent))
+def test_exercise_star_ratings_have_words_for_screen_readers(notebook):
+    text = markdown_of(notebook)
+    assert STARS.search(text), f"{notebook.relative_to(REPO)} rates no part's difficulty"
+    problems = stars_without_words(text)
+    assert not problems, \
+        f"{notebook.relative_to(REPO)}: write '★★☆ (2 of 3)' (in solutions/, then release): {problems}"
+
+
+def test_the_star_words_check_can_fail():
+    assert stars_without_words("| A | f | ★★☆ (2 of 3) | 10 |\n**Difficulty:** ★☆☆ (1 of 3: part A)") == []
+    assert stars_without_words("★★★ (difficulty 3 of 3), | ★☆☆ | one star of three: **introductory** |") == []
+    assert stars_without_words("| A | f | ★★☆ | 10 |") == ["line 1: ★★☆ | 10 |"]
+    assert stars_without_words("x\n**Difficulty:** ★★☆ (parts A–D)") == ["line 2: ★★☆ (parts A–D)"]
+    assert len(stars_without_words("★★☆ (3 of 3)  ★★ (2 of 3)  | ★★☆ | one star of three |")) == 3
 
 
 def _png_size(path: Path) -> tuple[int, int]:

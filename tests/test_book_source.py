@@ -3,7 +3,9 @@
 Static checks, no build: every line of code a page shows fits 88 columns; figure code keeps to the
 column's width (7 in, 672 CSS px, so text is shown at its own size), to at most two panels side by side
 and to fonts of at least 9 pt; the course style makes sharp figures (SVG in notebooks, 2x PNG files);
-the page CSS makes wide display math scroll inside its own box.
+the page CSS makes wide display math scroll inside its own box. The exercise notebooks' figure code
+(solutions/, from which exercises/ is generated) keeps to the same column: a learner reads them on a
+laptop or in a phone-sized Colab.
 """
 import json
 import re
@@ -130,23 +132,41 @@ COLUMN_WIDTH_IN = 7.0   # the 672-px text column at the browser's 96 px per inch
 MIN_FONT_PT = 9.0
 FIGSIZE = re.compile(r"figsize=\(\s*([\d.]+)\s*,")
 FONTSIZE = re.compile(r"fontsize=([\d.]+)")
-SUBPLOTS = re.compile(r"subplots\(\s*(\d+)\s*,\s*(\d+)")
+SUBPLOTS = re.compile(r"subplots\(\s*\d+\s*,\s*(\d+)|\bncols\s*=\s*(\d+)")
+
+
+def line_figure_problems(lines) -> list[str]:
+    """For (where, line of code) pairs: figure code the 672-px column would shrink, or text below 9 pt."""
+    problems = []
+    for where, line in lines:
+        for width in FIGSIZE.findall(line):
+            if float(width) > COLUMN_WIDTH_IN:
+                problems.append(f"{where}: figure {width} in wide, the column holds {COLUMN_WIDTH_IN}")
+        for size in FONTSIZE.findall(line):
+            if float(size) < MIN_FONT_PT:
+                problems.append(f"{where}: fontsize={size} is below {MIN_FONT_PT} pt")
+        for cols in filter(None, (c for pair in SUBPLOTS.findall(line) for c in pair)):
+            if int(cols) > 2:
+                problems.append(f"{where}: {cols} panels side by side (at most 2: stack the rest)")
+    return problems
 
 
 def figure_problems(markdown: str) -> list[str]:
-    """Figure code that the 672-px column would shrink, or with text below 9 pt once shown."""
-    problems = []
-    for n, line in code_lines(markdown):
-        for width in FIGSIZE.findall(line):
-            if float(width) > COLUMN_WIDTH_IN:
-                problems.append(f"line {n}: figure {width} in wide, the column holds {COLUMN_WIDTH_IN}")
-        for size in FONTSIZE.findall(line):
-            if float(size) < MIN_FONT_PT:
-                problems.append(f"line {n}: fontsize={size} is below {MIN_FONT_PT} pt")
-        for rows, cols in SUBPLOTS.findall(line):
-            if int(cols) > 2:
-                problems.append(f"line {n}: {cols} panels side by side (at most 2: stack the rest)")
-    return problems
+    """Figure code on a MyST page that the 672-px column would shrink, or with text below 9 pt once shown."""
+    return line_figure_problems((f"line {n}", line) for n, line in code_lines(markdown))
+
+
+def notebook_figure_problems(notebook: dict) -> list[str]:
+    """The same, for the code cells of a notebook (a dict as json.load reads an .ipynb)."""
+    lines = []
+    for i, cell in enumerate(notebook["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        cell_name = f"cell {i}" + (f" ({grade_id})" if grade_id else "")
+        lines += [(f"{cell_name} line {n}", line) for n, line in enumerate(source.splitlines(), 1)]
+    return line_figure_problems(lines)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO / "book")))
@@ -168,6 +188,47 @@ def test_the_figure_check_can_fail():
     assert len(problems) == 3, problems
     assert "14 in wide" in problems[0] or "14 in wide" in problems[1]
     assert any("3 panels" in p for p in problems) and any("fontsize=8.5" in p for p in problems)
+    assert figure_problems("```python\nfig, axes = plt.subplots(nrows=2, ncols=3)\n```\n") == \
+        ["line 2: 3 panels side by side (at most 2: stack the rest)"]
+
+
+# The exercise notebooks: solutions/ is their only hand-written copy (exercises/ is generated from it and
+# tests/test_notebooks.py checks that the two agree), so its code cells are what a learner's figures are.
+SOLUTION_NOTEBOOKS = sorted((REPO / "solutions").glob("*/*.ipynb"))
+
+
+def test_there_are_exercise_notebooks_with_figures():
+    assert len(SOLUTION_NOTEBOOKS) >= 6
+    figure_code = [n for n in SOLUTION_NOTEBOOKS if "figsize=" in n.read_text()]
+    assert len(figure_code) >= 4, figure_code
+
+
+@pytest.mark.parametrize("notebook", SOLUTION_NOTEBOOKS, ids=lambda p: p.parent.name)
+def test_exercise_notebook_figures_fit_the_column(notebook):
+    problems = notebook_figure_problems(json.loads(notebook.read_text()))
+    if problems:
+        pytest.fail(f"{notebook.relative_to(REPO)} (then run `python -m autograder release`):\n"
+                    + "\n".join(problems), pytrace=False)
+
+
+def test_the_notebook_figure_check_can_fail():
+    import nbformat
+
+    cells = [nbformat.v4.new_markdown_cell("Prose about figsize=(20, 3) and subplots(1, 4) is not code."),
+             nbformat.v4.new_code_cell("fig, ax = plt.subplots(2, 2, figsize=(7, 6))\nax.legend(fontsize=9)"),
+             nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\n"
+                                       "fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))\n"
+                                       "plt.figure(figsize=(11, 3.6))\n"
+                                       "ax.annotate('n', (0, 0), fontsize=8)",
+                                       metadata={"nbgrader": {"grade_id": "plot-microrun"}})]
+    notebook = json.loads(nbformat.writes(nbformat.v4.new_notebook(cells=cells)))   # sources as lists of lines
+    problems = notebook_figure_problems(notebook)
+    assert problems == ["cell 2 (plot-microrun) line 2: figure 15 in wide, the column holds 7.0",
+                        "cell 2 (plot-microrun) line 2: 4 panels side by side (at most 2: stack the rest)",
+                        "cell 2 (plot-microrun) line 3: figure 11 in wide, the column holds 7.0",
+                        "cell 2 (plot-microrun) line 4: fontsize=8 is below 9.0 pt"], problems
+    notebook["cells"] = notebook["cells"][:2]
+    assert notebook_figure_problems(notebook) == []
 
 
 def style_problems(rc) -> list[str]:
