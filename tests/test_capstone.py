@@ -133,17 +133,23 @@ def test_one_line_errors_with_exit_code_2(small_runs, tmp_path):
         one_line_error(subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr), *words)
 
 
-@pytest.mark.parametrize("algo", ["rloo", "grpo"])
-def test_critic_free_algos_run_the_same_pipeline(tmp_path, algo):
-    proc = capstone("--preset", "check", "--device", "cpu", "--quiet", "--json", "--algo", algo, "--out", tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert line["algo"] == algo and json.loads((tmp_path / "config.json").read_text())["ppo"]["algo"] == algo
-    metrics = cs.read_metrics(tmp_path)
-    assert len(metrics) == cs.get_preset("check", device="cpu").ppo_iterations
-    assert all(m["sanity/advantage_group_sum"] < 1e-6 for m in metrics)   # RLOO's and GRPO's groups sum to 0
-    assert metrics[-1]["objective/kl"] > 0 and "eval/gold_reward" in metrics[-1]
-    assert (tmp_path / "training_curves.png").stat().st_size > 1000
+def test_critic_free_algos_run_the_same_pipeline(tmp_path):
+    # both at once: each spends seconds importing torch and transformers, and the machine has 2 cores
+    procs = {algo: subprocess.Popen([sys.executable, "-m", "rlhf_course.capstone", "--preset", "check", "--device",
+                                     "cpu", "--quiet", "--json", "--algo", algo, "--out", str(tmp_path / algo),
+                                     "--answers", str(ANSWERS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, cwd=REPO) for algo in ("rloo", "grpo")}
+    for algo, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+        out = tmp_path / algo
+        line = json.loads(stdout.strip().splitlines()[-1])
+        assert line["algo"] == algo and json.loads((out / "config.json").read_text())["ppo"]["algo"] == algo
+        metrics = cs.read_metrics(out)
+        assert len(metrics) == cs.get_preset("check", device="cpu").ppo_iterations
+        assert all(m["sanity/advantage_group_sum"] < 1e-6 for m in metrics), algo   # groups sum to 0
+        assert metrics[-1]["objective/kl"] > 0 and "eval/gold_reward" in metrics[-1]
+        assert (out / "training_curves.png").stat().st_size > 1000
 
 
 def test_a_corrupt_checkpoint_is_refused_and_nothing_is_lost(small_runs, tmp_path):
