@@ -15,6 +15,7 @@ help:
 	@echo "make release   regenerate exercises/ from solutions/"
 	@echo "make validate  solutions pass every test, released stubs fail every test"
 	@echo "make bench-trl TRL 1.12's PPOTrainer vs ours, same work (builds .venv-trl once; ≈ 40 min)"
+	@echo "make bench-trl-beyond  TRL 1.12's RLOO/GRPO/DPO trainers vs ours, same work (≈ 30 min)"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -82,7 +83,10 @@ test: $(STAMP) browser sandbox models
 
 # TRL 1.12 (the last TRL with PPO) in its own venv, so its pins never touch the course's. The CPU torch wheel
 # goes in first: an unpinned torch pulled in by trl would be the multi-GB CUDA build.
-# Quick run: make bench-trl BENCH_ARGS="--shapes tiny --iters 3 --warmup 1"
+# Quick runs: make bench-trl BENCH_ARGS="--shapes tiny --iters 3 --warmup 1"
+#             make bench-trl-beyond BENCH_ARGS="--shapes tiny --iters 2 --warmup 1"
+# requests: importing trl.RLOOTrainer or trl.GRPOTrainer imports it (trl/generation/vllm_client.py, even without
+# vLLM), and no package of the venv requires it
 TRL_VENV  := .venv-trl
 TRL_STAMP := $(TRL_VENV)/.installed
 BENCH_ARGS ?=
@@ -90,13 +94,16 @@ BENCH_ARGS ?=
 $(TRL_STAMP):
 	@test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)
 	$(TRL_VENV)/bin/pip install --quiet torch==2.13.0
-	$(TRL_VENV)/bin/pip install --quiet trl==1.12.0
+	$(TRL_VENV)/bin/pip install --quiet trl==1.12.0 requests
 	$(TRL_VENV)/bin/pip check
 	@touch $(TRL_STAMP)
 
-.PHONY: bench-trl
+.PHONY: bench-trl bench-trl-beyond
 bench-trl: $(STAMP) $(TRL_STAMP)
 	HF_HUB_OFFLINE=1 TRL_EXPERIMENTAL_SILENCE=1 $(PY) scripts/bench_trl.py $(BENCH_ARGS)
+
+bench-trl-beyond: $(STAMP) $(TRL_STAMP)
+	HF_HUB_OFFLINE=1 TRL_EXPERIMENTAL_SILENCE=1 $(PY) scripts/bench_trl_beyond.py $(BENCH_ARGS)
 
 clean:
 	rm -rf _build test-artifacts autograder/course

@@ -49,8 +49,8 @@ from rlhf_course import textworld as tw
 from rlhf_course.answers import REPO, MissingAnswers, load_answers
 from rlhf_course.tiny_lm import _quiet_progress_bars
 from rlhf_course.rlhf_ppo import (CheckpointError, FixedKLController, RLHFConfig, _gather_rows, distributed,
-                                  evaluate_samples, load_checkpoint, make_rlhf_state, ppo_rlhf_iteration,
-                                  resolve_device, rlhf_iteration, save_checkpoint, use_fast_kernels)
+                                  evaluate_samples, load_checkpoint, make_rlhf_state, resolve_device,
+                                  rlhf_iteration, save_checkpoint, use_fast_kernels)
 
 PPO_FUNCTIONS = ["response_log_probs", "per_token_rewards", "masked_mean", "masked_whiten", "kl_estimates"]
 """Chapter 4's graded functions, as ppo_rlhf_iteration takes them."""
@@ -838,7 +838,8 @@ def plot_run(out) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The speed benchmark (scripts/bench_trl.py runs it next to TRL's PPOTrainer)
+# The speed benchmark (scripts/bench_trl.py runs PPO next to TRL's PPOTrainer; scripts/bench_trl_beyond.py
+# runs RLOO, GRPO and DPO next to TRL's RLOOTrainer, GRPOTrainer and DPOTrainer)
 # ---------------------------------------------------------------------------------------------------
 class _IdTokenizer:
     """Just enough of a tokenizer for random token ids: distinct pad and EOS, decode to numbers."""
@@ -851,51 +852,105 @@ class _IdTokenizer:
 
 
 def bench(args) -> dict:
-    """Time ppo_rlhf_iteration on random-init GPT-2s of one shape; see ``scripts/bench_trl.py``."""
+    """Time one iteration of ``args.algo`` on random-init GPT-2s of one shape: PPO, RLOO or GRPO
+    (``rlhf_iteration`` with a same-shape reward model), or one DPO step (``bench_dpo``)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    answers = load_answers(args.answers or default_answers(), ["RewardModel", *PPO_FUNCTIONS])
-    config = GPT2Config(vocab_size=args.vocab, n_positions=max(64, args.prompt_length + args.response_length),
+    # n_positions: + 1 for DPO's EOS after each response
+    config = GPT2Config(vocab_size=args.vocab, n_positions=max(64, args.prompt_length + args.response_length + 1),
                         n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head, resid_pdrop=0.0,
                         embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=args.vocab - 2, eos_token_id=args.vocab - 2,
                         pad_token_id=args.vocab - 1)
+    if args.algo == "dpo":
+        return bench_dpo(args, GPT2LMHeadModel(config))
+    ppo = args.algo == "ppo"
+    answers = load_answers(args.answers or default_answers(), ["RewardModel", *(PPO_FUNCTIONS if ppo else [])])
+    if not ppo:                                    # chapter 6's functions, from their own notebook
+        answers |= load_answers(args.beyond_answers or default_answers("beyond_ppo"), ALGO_FUNCTIONS[args.algo])
     policy = GPT2LMHeadModel(config)
     rm = answers["RewardModel"](use_fast_kernels(GPT2LMHeadModel(config).transformer)).eval().requires_grad_(False)
-    cfg = RLHFConfig(batch_size=args.batch_size, response_length=args.response_length, temperature=0.7,
-                     num_ppo_epochs=args.ppo_epochs, num_minibatches=args.minibatches, stop_at_eos=False,
-                     torch_threads=args.threads, rollout_logprobs=args.rollout_logprobs, bf16=args.bf16)
-    state = make_rlhf_state(cfg, FixedKLController(0.05), policy=policy, tokenizer=_IdTokenizer(args.vocab),
-                            description="random-init GPT-2")
+    # the capstone's --algo settings (RLOO's lr, GRPO's β = 0.04); batch_size counts responses
+    cfg = RLHFConfig(**(ALGO_SETTINGS[args.algo] | {"group_size": args.group_size}), batch_size=args.batch_size,
+                     response_length=args.response_length, temperature=0.7, num_ppo_epochs=args.ppo_epochs,
+                     num_minibatches=args.minibatches, stop_at_eos=False, torch_threads=args.threads,
+                     rollout_logprobs=args.rollout_logprobs, bf16=args.bf16)
+    state = make_rlhf_state(cfg, FixedKLController(cfg.init_kl_coef), policy=policy,
+                            tokenizer=_IdTokenizer(args.vocab), description="random-init GPT-2")
     gen = torch.Generator().manual_seed(1)
-    fns = {k: answers[k] for k in PPO_FUNCTIONS}
+    fns = {k: answers[k] for k in ALGO_FUNCTIONS[args.algo]}
     times, phase_times = [], {}
     from tqdm import tqdm
 
     # disable=None: a bar on a terminal, nothing in a log (bench_trl.py captures this process's output)
     for i in tqdm(range(args.warmup + args.iters), desc="bench iterations", disable=None, file=sys.stderr):
-        prompts = torch.randint(0, args.vocab - 2, (args.batch_size, args.prompt_length), generator=gen)
+        # random prompts, never pad or EOS: B for PPO, one per group of k for RLOO and GRPO
+        n_prompts = args.batch_size if ppo else args.batch_size // args.group_size
+        prompts = torch.randint(0, args.vocab - 2, (n_prompts, args.prompt_length), generator=gen)
         t0 = time.perf_counter()
-        metrics = ppo_rlhf_iteration(state, cfg, **fns, reward_model=rm, prompts=prompts)
+        metrics = rlhf_iteration(state, cfg, **fns, reward_model=rm, prompts=prompts)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
             for key in (k for k in metrics if k.startswith("time/")):
                 phase_times.setdefault(key[len("time/"):], []).append(metrics[key])
     s = float(np.median(times))
+    # the critic-free loop's phases cost what PPO's do (reference and reward model on the rollout, log π_old from
+    # the sampler), with one update pass for RLOO and num_ppo_epochs passes over the batch for GRPO
     by_phase = iteration_flops_by_phase(args.n_layer, args.n_embd, args.vocab, args.batch_size,
-                                        args.prompt_length, args.response_length, args.ppo_epochs,
-                                        args.rollout_logprobs)
+                                        args.prompt_length, args.response_length,
+                                        1 if args.algo == "rloo" else args.ppo_epochs, args.rollout_logprobs)
     flops = sum(by_phase.values())
     phases = {name: {"s_median": float(np.median(ts)), "flops": by_phase.get(name, 0.0),
                      "gflops_per_s": by_phase.get(name, 0.0) / float(np.median(ts)) / 1e9}
               for name, ts in phase_times.items()}
-    return {"trainer": "rlhf_course", "s_per_iter_median": s, "s_per_iter_all": times,
+    return {"trainer": "rlhf_course", "algo": args.algo, "s_per_iter_median": s, "s_per_iter_all": times,
             "tokens_per_s": args.batch_size * args.response_length / s, "flops_per_iter": flops,
             "achieved_gflops": flops / s / 1e9, "threads": args.threads, "phases": phases,
             "precision": "bf16 autocast" if args.bf16 else "fp32", "rollout_logprobs": args.rollout_logprobs,
+            "beta": cfg.init_kl_coef, "learning_rate": cfg.learning_rate,
             "shape": {k: getattr(args, k) for k in ("n_layer", "n_embd", "n_head", "vocab", "batch_size",
-                                                   "prompt_length", "response_length", "ppo_epochs", "minibatches")}}
+                                                   "prompt_length", "response_length", "ppo_epochs", "minibatches")}
+            | ({} if ppo else {"group_size": args.group_size})}
+
+
+def bench_dpo(args, policy: nn.Module) -> dict:
+    """Time ``dpo_step`` with the learner's ``dpo_loss`` on B random pairs a step: a prompt of P ids, a chosen and a
+    rejected response of R ids then EOS each (TRL's DPOTrainer appends the EOS too); π_ref's log-probs of every
+    pair computed once before the clock starts (TRL: ``precompute_ref_log_probs=True``)."""
+    from rlhf_course.dpo import DPOConfig, dpo_step, make_dpo_state, reference_log_probs
+
+    dpo_loss = load_answers(args.beyond_answers or default_answers("beyond_ppo"), ["dpo_loss"])["dpo_loss"]
+    cfg = DPOConfig(batch_size=args.batch_size, temperature=0.7, torch_threads=args.threads)
+    tok = _IdTokenizer(args.vocab)
+    state = make_dpo_state(cfg, policy, tok)
+    B, P, R, n = args.batch_size, args.prompt_length, args.response_length, args.warmup + args.iters
+    gen = torch.Generator().manual_seed(1)
+    prompts = torch.randint(0, args.vocab - 2, (n * B, P), generator=gen)                  # (nB, P)
+    eos = torch.full((n * B, 1), tok.eos_token_id)
+    response_mask = torch.cat([torch.zeros(n * B, P), torch.ones(n * B, R + 1)], 1).long()  # (nB, P + R + 1)
+    pairs = {side: (torch.cat([prompts, torch.randint(0, args.vocab - 2, (n * B, R), generator=gen), eos], 1),
+                    response_mask, torch.ones_like(response_mask)) for side in ("chosen", "rejected")}
+    ref_chosen, ref_rejected = reference_log_probs(state, cfg, pairs)
+    times = []
+    from tqdm import tqdm
+
+    for i in tqdm(range(n), desc="bench steps", disable=None, file=sys.stderr):
+        rows = slice(i * B, (i + 1) * B)
+        chosen, rejected = (tuple(t[rows] for t in pairs[side]) for side in ("chosen", "rejected"))
+        t0 = time.perf_counter()
+        dpo_step(state, cfg, chosen, rejected, ref_chosen[rows], ref_rejected[rows], dpo_loss=dpo_loss)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    s = float(np.median(times))
+    T = P + R + 1
+    # the policy on the 2B sequences, logits at every position; backward 2× the forward
+    flops = 3 * forward_flops(args.n_layer, args.n_embd, 2 * B * T, 2 * B * T, args.vocab, (T + 1) / 2)
+    return {"trainer": "rlhf_course", "algo": "dpo", "s_per_iter_median": s, "s_per_iter_all": times,
+            "pairs_per_s": B / s, "flops_per_iter": flops, "achieved_gflops": flops / s / 1e9,
+            "threads": args.threads, "precision": "fp32", "beta": cfg.beta, "learning_rate": cfg.learning_rate,
+            "shape": {k: getattr(args, k) for k in ("n_layer", "n_embd", "n_head", "vocab", "batch_size",
+                                                   "prompt_length", "response_length")}}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1060,24 +1115,42 @@ SUMMARY_KEYS = ["preset", "algo", "seed", "device", "model", "gold_reward_base",
 
 def _bench_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m rlhf_course.capstone bench",
-                                description="Time one PPO-RLHF iteration on random-init GPT-2s (policy, reference, "
-                                            "reward model) of one shape; prints one JSON line with --json.")
+                                description="Time one RLHF iteration on random-init GPT-2s of one shape (PPO, RLOO or "
+                                            "GRPO: policy, reference, reward model; DPO: one step on random pairs); "
+                                            "prints one JSON line with --json.")
     for name, default in (("n-layer", 4), ("n-embd", 128), ("n-head", 4), ("vocab", 2048), ("batch-size", 16),
                           ("prompt-length", 5), ("response-length", 16), ("ppo-epochs", 4), ("minibatches", 1),
                           ("iters", 20), ("warmup", 3), ("threads", 2)):
         p.add_argument(f"--{name}", type=int, default=default)
+    p.add_argument("--algo", choices=[*ALGO_SETTINGS, "dpo"], default="ppo",
+                   help="ppo (default); rloo or grpo: --batch-size responses, --group-size per prompt (GRPO: "
+                        "--ppo-epochs × --minibatches steps); dpo: one step on --batch-size pairs")
+    p.add_argument("--group-size", type=int, default=4, help="rloo / grpo: responses per prompt")
     p.add_argument("--rollout-logprobs", choices=["sampling", "forward"], default="sampling")
     p.add_argument("--answers", type=Path, default=None)
+    p.add_argument("--beyond-answers", type=Path, default=None,
+                   help="rloo / grpo / dpo: notebook with chapter 6's functions (default: the beyond_ppo solution if "
+                        "present, else the exercise)")
     p.add_argument("--bf16", action="store_true",
                    help="forward passes under bf16 autocast (fp32 weights, gradients and Adam), as TRL's bf16=True")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.algo == "dpo" and args.bf16:
+        return _fail("--bf16 is not available with --algo dpo (rlhf_course.dpo has no autocast)")
+    if args.algo != "ppo" and args.rollout_logprobs != "sampling":
+        return _fail(f"--rollout-logprobs forward is PPO's option; {args.algo} takes log π_old from the sampler")
+    if args.algo in ("rloo", "grpo") and (args.group_size < 2 or args.batch_size % args.group_size):
+        return _fail(f"--algo {args.algo} needs --group-size >= 2 dividing --batch-size, got {args.group_size} "
+                     f"and {args.batch_size}")
     try:
         result = bench(args)
     except MissingAnswers as err:
         return _fail(str(err))
     if args.json:
         print(json.dumps(result))
+    elif args.algo == "dpo":
+        print(f"{result['s_per_iter_median']:.3f} s/step (median of {args.iters}), {result['pairs_per_s']:.1f} pairs/s, "
+              f"{result['achieved_gflops']:.0f} GFLOP/s")
     else:
         print(f"{result['s_per_iter_median']:.3f} s/iteration (median of {args.iters}), "
               f"{result['tokens_per_s']:.0f} generated tokens/s, {result['achieved_gflops']:.0f} GFLOP/s")

@@ -128,11 +128,9 @@ def loss_gradients(dpo_loss: Callable, pc: np.ndarray, pr: np.ndarray, rc: np.nd
         return float(dpo_loss(a, b, rc, rr, beta)[0])
 
     g_c, g_r = np.zeros_like(pc), np.zeros_like(pr)
-    for i in range(len(pc)):
-        e = np.zeros_like(pc)
-        e[i] = h
-        g_c[i] = (loss(pc + e, pr) - loss(pc - e, pr)) / (2 * h)
-        g_r[i] = (loss(pc, pr + e) - loss(pc, pr - e)) / (2 * h)
+    for row, step in enumerate(np.eye(len(pc)) * h):        # perturb one pair's log-prob at a time
+        g_c[row] = (loss(pc + step, pr) - loss(pc - step, pr)) / (2 * h)
+        g_r[row] = (loss(pc, pr + step) - loss(pc, pr - step)) / (2 * h)
     return g_c, g_r
 
 
@@ -165,7 +163,7 @@ def dpo_step(state: DPOState, cfg: DPOConfig, chosen, rejected, ref_chosen: torc
     clipped_step(state.optimizer, list(state.policy.parameters()), cfg.max_grad_norm)
 
     chosen_rewards, rejected_rewards = np.asarray(chosen_rewards), np.asarray(rejected_rewards)
-    metrics = {"loss": float(loss), "rewards/chosen": float(chosen_rewards.mean()),
+    metrics = {"loss": float(np.asarray(loss)), "rewards/chosen": float(chosen_rewards.mean()),
                "rewards/rejected": float(rejected_rewards.mean()),
                "rewards/accuracies": float(np.mean(chosen_rewards > rejected_rewards)),
                "rewards/margins": float(np.mean(chosen_rewards - rejected_rewards)),

@@ -717,7 +717,8 @@ def token_log_probs(model: nn.Module, query_response: torch.Tensor, attention_ma
 
 def critic_free_iteration(state: RLHFState, config: RLHFConfig, *, rloo_advantages: Callable | None = None,
                           group_advantages: Callable | None = None, grpo_loss: Callable | None = None,
-                          reward_fn: Callable | None = None, reward_model: nn.Module | None = None) -> dict:
+                          reward_fn: Callable | None = None, reward_model: nn.Module | None = None,
+                          prompts: list[str] | torch.Tensor | None = None) -> dict:
     """One RLOO or GRPO iteration (``config.algo``): the PPO loop's rollout, one advantage per response.
 
     Both sample ``group_size`` responses to each of batch_size / group_size prompts (consecutive rows)
@@ -731,7 +732,9 @@ def critic_free_iteration(state: RLHFState, config: RLHFConfig, *, rloo_advantag
       ``grpo_loss(log_probs, old_log_probs, ref_log_probs, advantages, mask, cliprange, β,
       loss_aggregation)``: PPO's clipped ratio per token with the k3 KL to π_ref in the loss.
 
-    β is ``state.kl_ctl.value``. The value head is not used; under torchrun each process rolls out its
+    β is ``state.kl_ctl.value``. ``prompts``: this process's prompts, one per group (batch_size / group_size /
+    world_size fresh ones from the text world if None), or a tensor of prompt token ids, one row per group
+    (the speed benchmark's random prompts). The value head is not used; under torchrun each process rolls out its
     share of the prompts (whole groups), the advantages are computed on the whole batch, and DDP
     averages the gradients (for GRPO that is the mean of the processes' minibatch aggregates).
 
@@ -762,8 +765,13 @@ def critic_free_iteration(state: RLHFState, config: RLHFConfig, *, rloo_advantag
     seed = cfg.seed * 100_003 + state.iteration                 # a different, repeatable draw per iteration
     rng = np.random.default_rng([seed, rank])
     share = n_prompts // world
-    prompts = sample_prompts(n_prompts, seed=seed)[rank * share:(rank + 1) * share]
-    repeated = [p for p in prompts for _ in range(k)]           # (B,): k consecutive samples per prompt
+    if prompts is None:
+        prompts = sample_prompts(n_prompts, seed=seed)[rank * share:(rank + 1) * share]
+    if isinstance(prompts, torch.Tensor):                       # (N, P) ids -> (N·k, P)
+        repeated = prompts.repeat_interleave(k, dim=0)
+        prompt_texts = [state.tokenizer.decode(p) for p in repeated]
+    else:
+        repeated = prompt_texts = [p for p in prompts for _ in range(k)]   # (B,): k consecutive samples
     _apply_lr_schedule(state, cfg)
     policy, tok, T = state.policy, state.tokenizer, cfg.temperature
     pad_id = tok.pad_token_id
@@ -780,7 +788,7 @@ def critic_free_iteration(state: RLHFState, config: RLHFConfig, *, rloo_advantag
     B = qr.shape[0]
 
     # 2. One score per response, and each response's KL to the reference (k1 summed over its tokens).
-    reviews = [p + " " + r for p, r in zip(repeated, gen["responses"])]
+    reviews = [p + " " + r for p, r in zip(prompt_texts, gen["responses"])]
     scores = _scores(state, cfg, gen, reviews, reward_fn, reward_model)                     # (B,)
     old_logprobs = gen["token_logprobs"].float() * mask         # (B, R) what each token was drawn with
     with torch.no_grad(), _autocast(state, cfg):
@@ -870,7 +878,7 @@ def critic_free_iteration(state: RLHFState, config: RLHFConfig, *, rloo_advantag
     state.kl_ctl.update(metrics["objective/kl"], len(all_scores))
     state.iteration += 1
     state.history.append(metrics)
-    state.last_rollout = {"prompts": repeated, "responses": list(gen["responses"]), "scores": scores,
+    state.last_rollout = {"prompts": prompt_texts, "responses": list(gen["responses"]), "scores": scores,
                           "kl": kl, "rewards": all_rewards[mine], "advantages": advantages[mine],
                           "mask": mask.double().cpu().numpy(), "reviews": reviews}
     return metrics

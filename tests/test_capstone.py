@@ -377,3 +377,28 @@ def test_bench_runs_under_bf16_autocast_on_a_cpu():
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = json.loads(proc.stdout.strip().splitlines()[-1])
     assert line["precision"] == "bf16 autocast" and line["s_per_iter_median"] > 0
+
+
+def test_bench_times_rloo_grpo_and_dpo():
+    tiny = ["--n-layer", 2, "--n-embd", 64, "--n-head", 2, "--vocab", 300, "--iters", 1, "--warmup", 1, "--threads", 1,
+            "--json"]
+    # all three at once, one thread each: each spends seconds importing torch and transformers
+    procs = {algo: subprocess.Popen([sys.executable, "-m", "rlhf_course.capstone", "bench", "--algo", algo,
+                                     *map(str, tiny), "--answers", str(ANSWERS)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, cwd=REPO) for algo in ("rloo", "grpo", "dpo")}
+    lines = {}
+    for algo, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{algo}: {stderr[-3000:]}"
+        out = stdout.strip().splitlines()
+        assert len(out) == 1, f"{algo}: one JSON line expected on stdout, got {stdout[-2000:]!r}"
+        lines[algo] = json.loads(out[0])
+        assert lines[algo]["algo"] == algo and lines[algo]["s_per_iter_median"] > 0, lines[algo]
+        assert len(lines[algo]["s_per_iter_all"]) == 1, "--iters 1 --warmup 1: one timed iteration"
+    # the critic-free loop's work: RLOO one update pass, GRPO 4 (--ppo-epochs), as the FLOP count says
+    for algo, epochs in (("rloo", 1), ("grpo", 4)):
+        assert lines[algo]["flops_per_iter"] == pytest.approx(cs.iteration_flops(2, 64, 300, 16, 5, 16, epochs))
+        assert lines[algo]["shape"]["group_size"] == 4 and lines[algo]["tokens_per_s"] > 0
+    assert (lines["rloo"]["beta"], lines["grpo"]["beta"], lines["dpo"]["beta"]) == (0.05, 0.04, 0.1), \
+        "β is the capstone's --algo setting (RLOO 0.05, GRPO 0.04) and DPOConfig's 0.1: the TRL side is given the same"
+    assert lines["dpo"]["pairs_per_s"] == pytest.approx(16 / lines["dpo"]["s_per_iter_median"])

@@ -44,6 +44,7 @@ MENTIONS = {
     "_config.yml": "exclude_patterns keep a solutions folder out of any book build",
     "rlhf_course/capstone.py": "default_answers() prefers the instructor's solution, else the learner's exercise",
     "book/capstone/data/summary.json": "records which notebook the committed capstone runs used",
+    "book/beyond_ppo/data/summary.json": "records which notebooks chapter 6's committed race used",
 }
 SOLUTIONS_PATH = re.compile(r"""\bsolutions/|["']solutions["']""")
 
