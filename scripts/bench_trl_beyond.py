@@ -28,8 +28,8 @@ worker configures it): TRL's RLOO always, and its GRPO with more than one iterat
 no-grad forward of the policy over the rollout for log π_old (ours reads it from the sampler); TRL decodes the
 completions to text and re-tokenises them for the reward model (ours scores the token ids); TRL's training
 forwards also compute each token's entropy over the vocabulary for its logs (DPO: also the mean logit and the
-argmax accuracy); TRL's DPO runs chosen and rejected as one forward of 2B rows at temperature 1 (ours: two
-forwards of B rows at temperature 0.7), and ours gets dL/dℓ from 4B calls of the learner's numpy loss; TRL's
+argmax accuracy); both DPOs run chosen and rejected as one forward of 2B rows, TRL's at temperature 1 and ours
+at 0.7, and ours gets dL/dℓ from 4B calls of the learner's numpy loss; TRL's
 optimizer is fused AdamW (weight decay 0), ours Adam; ours runs its unused E → 1 value head in the update
 forward (weight 0). Counted as each trainer's cost, not removed. Both sides
 compute the LM head only at the R + 1 response positions in RLOO and GRPO, at every position in DPO.

@@ -358,43 +358,32 @@ def test_evaluation_measures_zero_kl_for_the_reference_itself():
     assert len(ev["per_sample"]["proxy"]) == 8 and 0 < ev["distinct"] <= 1
 
 
-def test_bench_prints_one_json_line_with_its_phases():
-    proc = capstone("bench", "--n-layer", 2, "--n-embd", 64, "--n-head", 2, "--vocab", 300, "--iters", 2,
-                    "--warmup", 1, "--json", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(line["s_per_iter_all"]) == 2 and line["tokens_per_s"] > 0
-    assert line["flops_per_iter"] == pytest.approx(cs.iteration_flops(2, 64, 300, 16, 5, 16, 4))
-    assert set(line["phases"]) == {"generation", "scores_and_logprobs", "advantages", "ppo_update"}
-    assert sum(p["flops"] for p in line["phases"].values()) == pytest.approx(line["flops_per_iter"])
-    assert all(p["s_median"] > 0 for p in line["phases"].values())
-    assert line["precision"] == "fp32"
-
-
-def test_bench_runs_under_bf16_autocast_on_a_cpu():
-    proc = capstone("bench", "--n-layer", 2, "--n-embd", 64, "--n-head", 2, "--vocab", 300, "--iters", 1,
-                    "--warmup", 1, "--bf16", "--json", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert line["precision"] == "bf16 autocast" and line["s_per_iter_median"] > 0
-
-
-def test_bench_times_rloo_grpo_and_dpo():
-    tiny = ["--n-layer", 2, "--n-embd", 64, "--n-head", 2, "--vocab", 300, "--iters", 1, "--warmup", 1, "--threads", 1,
-            "--json"]
-    # all three at once, one thread each: each spends seconds importing torch and transformers
-    procs = {algo: subprocess.Popen([sys.executable, "-m", "rlhf_course.capstone", "bench", "--algo", algo,
-                                     *map(str, tiny), "--answers", str(ANSWERS)], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, cwd=REPO) for algo in ("rloo", "grpo", "dpo")}
+def test_bench_prints_one_json_line_per_trainer():
+    """PPO (fp32 and bf16 autocast), RLOO, GRPO and DPO, each `capstone bench ... --json` on a toy shape."""
+    tiny = ["--n-layer", 2, "--n-embd", 64, "--n-head", 2, "--vocab", 300, "--warmup", 1, "--threads", 1, "--json"]
+    runs = {"ppo": ["--iters", 2], "ppo-bf16": ["--iters", 1, "--bf16"], "rloo": ["--iters", 1, "--algo", "rloo"],
+            "grpo": ["--iters", 1, "--algo", "grpo"], "dpo": ["--iters", 1, "--algo", "dpo"]}
+    # all at once, one thread each: each spends seconds importing torch and transformers
+    procs = {name: subprocess.Popen([sys.executable, "-m", "rlhf_course.capstone", "bench", *map(str, tiny + extra),
+                                     "--answers", str(ANSWERS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, cwd=REPO) for name, extra in runs.items()}
     lines = {}
-    for algo, proc in procs.items():
+    for name, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"{algo}: {stderr[-3000:]}"
+        assert proc.returncode == 0, f"{name}: {stderr[-3000:]}"
         out = stdout.strip().splitlines()
-        assert len(out) == 1, f"{algo}: one JSON line expected on stdout, got {stdout[-2000:]!r}"
-        lines[algo] = json.loads(out[0])
-        assert lines[algo]["algo"] == algo and lines[algo]["s_per_iter_median"] > 0, lines[algo]
-        assert len(lines[algo]["s_per_iter_all"]) == 1, "--iters 1 --warmup 1: one timed iteration"
+        assert len(out) == 1, f"{name}: one JSON line expected on stdout, got {stdout[-2000:]!r}"
+        lines[name] = json.loads(out[0])
+        assert lines[name]["s_per_iter_median"] > 0, lines[name]
+    ppo = lines["ppo"]
+    assert len(ppo["s_per_iter_all"]) == 2 and ppo["tokens_per_s"] > 0 and ppo["precision"] == "fp32"
+    assert ppo["flops_per_iter"] == pytest.approx(cs.iteration_flops(2, 64, 300, 16, 5, 16, 4))
+    assert set(ppo["phases"]) == {"generation", "scores_and_logprobs", "advantages", "ppo_update"}
+    assert sum(p["flops"] for p in ppo["phases"].values()) == pytest.approx(ppo["flops_per_iter"])
+    assert all(p["s_median"] > 0 for p in ppo["phases"].values())
+    assert lines["ppo-bf16"]["precision"] == "bf16 autocast"
+    for algo in ("rloo", "grpo", "dpo"):
+        assert lines[algo]["algo"] == algo and len(lines[algo]["s_per_iter_all"]) == 1, lines[algo]
     # the critic-free loop's work: RLOO one update pass, GRPO 4 (--ppo-epochs), as the FLOP count says
     for algo, epochs in (("rloo", 1), ("grpo", 4)):
         assert lines[algo]["flops_per_iter"] == pytest.approx(cs.iteration_flops(2, 64, 300, 16, 5, 16, epochs))
