@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from rlhf_course import textworld as tw
 from rlhf_course.answers import REPO, MissingAnswers, load_answers
 from rlhf_course.tiny_lm import _quiet_progress_bars
+from rlhf_course.rlhf_ppo import eval_prompts as rlhf_ppo_eval_prompts
 from rlhf_course.rlhf_ppo import (CheckpointError, FixedKLController, RLHFConfig, _gather_rows, distributed,
                                   evaluate_samples, load_checkpoint, make_rlhf_state, resolve_device,
                                   rlhf_iteration, save_checkpoint, use_fast_kernels)
@@ -377,7 +378,7 @@ def reward_model_stage(cfg: CapstoneConfig, sft_model, tokenizer, RewardModel, t
 # ---------------------------------------------------------------------------------------------------
 def eval_prompts(cfg: CapstoneConfig) -> list[str]:
     """The held-out prompts every evaluation uses (never seen in SFT, preferences or PPO rollouts)."""
-    return tw.sample_prompts(cfg.eval_prompts, seed=cfg.seed + 9_000)
+    return rlhf_ppo_eval_prompts(cfg.eval_prompts, cfg.seed)
 
 
 def evaluate_policy(cfg: CapstoneConfig, policy, ref_policy, reward_model, tokenizer, prompts=None,
@@ -556,10 +557,21 @@ ALGO_FUNCTIONS = {"ppo": PPO_FUNCTIONS, "rloo": ["rloo_advantages"], "grpo": ["g
 """The learner's functions each policy-gradient estimator runs on: chapter 4's for PPO (brought along in
 the capstone notebook), chapter 6's for RLOO and GRPO (from the beyond_ppo notebook)."""
 
-ALGO_SETTINGS = {"ppo": {}, "rloo": dict(algo="rloo", group_size=4, learning_rate=3e-4),
-                 "grpo": dict(algo="grpo", group_size=4, learning_rate=1e-4, init_kl_coef=0.04)}
+ALGO_SETTINGS = {"ppo": {}, "rloo": dict(algo="rloo", group_size=4), "grpo": dict(algo="grpo", group_size=4, init_kl_coef=0.04)}
 """What ``--algo`` changes in a preset's loop settings: RLOO and GRPO sample 4 responses per prompt
-(batch_size still counts responses); RLOO's lr is chapter 6's micro-run's, GRPO's β is its paper's 0.04."""
+(batch_size still counts responses); GRPO's β is its paper's 0.04."""
+ALGO_LR_SCALE = {"ppo": 1.0, "rloo": 3.0, "grpo": 1.0}
+"""The preset's learning rate is multiplied by this: RLOO takes one step per rollout where PPO takes
+epochs × minibatches (chapter 6's micro-run: 3e-4, 3 × the cpu preset's 1e-4)."""
+
+
+def algo_config(ppo: RLHFConfig, algo: str) -> RLHFConfig:
+    """A preset's loop settings for ``algo``: ALGO_SETTINGS, the learning rate scaled by ALGO_LR_SCALE, and
+    what the critic-free loop supports (log π_old from the sampler's record, no gradient accumulation)."""
+    if algo == "ppo":
+        return ppo
+    return replace(ppo, **ALGO_SETTINGS[algo], learning_rate=ppo.learning_rate * ALGO_LR_SCALE[algo],
+                   rollout_logprobs="sampling", gradient_accumulation_steps=1)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -807,7 +819,7 @@ def plot_run(out) -> list[Path]:
     # Two panels a row, 7 in wide (the book's column): text keeps its size wherever it is shown.
     fig, axes = plt.subplots(3, 2, figsize=(7, 7.5), sharex=True)
     for ax, (key, title) in zip(axes.flat, panels):
-        ax.plot(it, [m.get(key, math.nan) for m in metrics], color=PALETTE["blue"], lw=1.5)  # RLOO: no approx KL
+        ax.plot(it, [m.get(key, math.nan) for m in metrics], color=PALETTE["blue"], lw=1.5)  # RLOO, GRPO: no approx KL
         ax.set_title(title)
     for ax in axes[-1]:
         ax.set_xlabel(f"{algo} iteration")
@@ -872,10 +884,12 @@ def bench(args) -> dict:
     policy = GPT2LMHeadModel(config)
     rm = answers["RewardModel"](use_fast_kernels(GPT2LMHeadModel(config).transformer)).eval().requires_grad_(False)
     # the capstone's --algo settings (RLOO's lr, GRPO's β = 0.04); batch_size counts responses
-    cfg = RLHFConfig(**(ALGO_SETTINGS[args.algo] | {"group_size": args.group_size}), batch_size=args.batch_size,
-                     response_length=args.response_length, temperature=0.7, num_ppo_epochs=args.ppo_epochs,
-                     num_minibatches=args.minibatches, stop_at_eos=False, torch_threads=args.threads,
-                     rollout_logprobs=args.rollout_logprobs, bf16=args.bf16)
+    cfg = algo_config(RLHFConfig(batch_size=args.batch_size, response_length=args.response_length, temperature=0.7,
+                                 num_ppo_epochs=args.ppo_epochs, num_minibatches=args.minibatches, stop_at_eos=False,
+                                 torch_threads=args.threads, rollout_logprobs=args.rollout_logprobs, bf16=args.bf16),
+                      args.algo)
+    if not ppo:
+        cfg = replace(cfg, group_size=args.group_size)
     state = make_rlhf_state(cfg, FixedKLController(cfg.init_kl_coef), policy=policy,
                             tokenizer=_IdTokenizer(args.vocab), description="random-init GPT-2")
     gen = torch.Generator().manual_seed(1)
@@ -1075,7 +1089,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["ppo_iterations"] = args.iterations
     try:
         cfg = get_preset(args.preset, **overrides)
-        cfg = replace(cfg, ppo=replace(cfg.ppo, **ALGO_SETTINGS[args.algo]))
+        cfg = replace(cfg, ppo=algo_config(cfg.ppo, args.algo))
     except ValueError as err:
         return _fail(str(err))
     if cfg.device == "cuda" and not torch.cuda.is_available():

@@ -61,7 +61,8 @@ class RLHFConfig:
     seed: int = 0
     """seeds the prompts, the sampling and the minibatch shuffles"""
     batch_size: int = 16
-    """prompts per rollout, one response each (over all processes under torchrun)"""
+    """responses per rollout (over all processes under torchrun): PPO samples one per prompt, RLOO and GRPO
+    group_size per prompt"""
     response_length: int = 16
     """maximum number of generated tokens per response (R)"""
     temperature: float = 0.7
@@ -131,6 +132,9 @@ class RLHFConfig:
         if self.algo != "ppo" and (self.group_size < 2 or self.batch_size % self.group_size):
             raise ValueError(f"{self.algo} needs group_size >= 2 dividing batch_size, got group_size="
                              f"{self.group_size}, batch_size={self.batch_size}")
+        if self.algo != "ppo" and (self.rollout_logprobs != "sampling" or self.gradient_accumulation_steps != 1):
+            raise ValueError(f"{self.algo} reads log π_old from the sampler and takes whole minibatches: "
+                             "rollout_logprobs='forward' and gradient_accumulation_steps > 1 are PPO's options")
 
 
 class FixedKLController:
@@ -767,6 +771,9 @@ def critic_free_iteration(state: RLHFState, config: RLHFConfig, *, rloo_advantag
     share = n_prompts // world
     if prompts is None:
         prompts = sample_prompts(n_prompts, seed=seed)[rank * share:(rank + 1) * share]
+    if len(prompts) != share:
+        raise ValueError(f"critic_free_iteration needs {share} prompts per process (one per group of {k}), "
+                         f"got {len(prompts)}")
     if isinstance(prompts, torch.Tensor):                       # (N, P) ids -> (N·k, P)
         repeated = prompts.repeat_interleave(k, dim=0)
         prompt_texts = [state.tokenizer.decode(p) for p in repeated]
@@ -824,7 +831,7 @@ def critic_free_iteration(state: RLHFState, config: RLHFConfig, *, rloo_advantag
         logp = sampling_log_softmax(logits[:, :-1], T, pad_id)                              # (b, R, V)
         logprobs = logp.gather(-1, targets[rows, 1:, None]).squeeze(-1) * mask[rows]        # (b, R)
         loss = loss_of(rows, logprobs)
-        (loss * world + 0.0 * vpred.float().sum()).backward()  # DDP averages over processes: undo it
+        (loss + 0.0 * vpred.float().sum()).backward()   # local means; DDP averages them over processes
         clipped_step(state.optimizer, params, cfg.max_grad_norm)
         m = mask[rows]
         ratio = torch.exp(logprobs.detach() - old_logprobs[rows])
@@ -836,7 +843,7 @@ def critic_free_iteration(state: RLHFState, config: RLHFConfig, *, rloo_advantag
     if cfg.algo == "rloo":
         # On-policy, so no ratio and no clip: −mean_i A_i · log π_θ(y_i), over the whole batch.
         step(torch.arange(B, device=device),
-             lambda rows, logprobs: -(adv[rows] * logprobs.sum(1)).sum() / (B * world))
+             lambda rows, logprobs: -(adv[rows] * logprobs.sum(1)).mean())
     else:
         mb_size = max(1, B // cfg.num_minibatches)
         b_inds = np.arange(B)
@@ -856,9 +863,9 @@ def critic_free_iteration(state: RLHFState, config: RLHFConfig, *, rloo_advantag
     n_eos = _all_sum(int((qr[:, ctx:] == tok.eos_token_id).sum().item()), device)
     metrics = {
         "objective/kl": float(all_kl.mean()),
+        **({"objective/non_score_reward": float(-beta * all_kl.mean())} if cfg.algo == "rloo" else {}),
         "objective/entropy": float(_gather_rows(-old_logprobs.sum(1).double().cpu().numpy()).mean()),
-        "objective/non_score_reward": float(-beta * all_kl.mean()),
-        "objective/rlhf_reward": float(all_scores.mean() - beta * all_kl.mean()),
+        "objective/rlhf_reward": float(all_rewards.mean()),   # GRPO: the score alone, its KL is in the loss
         "objective/scores": float(all_scores.mean()),
         "objective/kl_coef": beta,
         "loss/policy_avg": mean(stats["loss"]),

@@ -20,7 +20,7 @@ The work, the same on both sides, fp32, 2 CPU threads each, one process at a tim
 - dpo: B pairs a step, each a prompt of P random ids and a chosen and a rejected response of R random ids + EOS;
   π_ref's log-probs of every pair computed once before the clock starts (TRL: `precompute_ref_log_probs=True`);
   a step = the policy on the 2B sequences, the sigmoid loss with β = 0.1, backward, norm clip 1, Adam(W).
-- β and the learning rates are the course's (`rlhf_course.capstone.ALGO_SETTINGS`, `rlhf_course.dpo.DPOConfig`),
+- β and the learning rates are the course's (`rlhf_course.capstone.algo_config`, `rlhf_course.dpo.DPOConfig`),
   passed to TRL; constant learning rate on both sides.
 
 What each trainer does beyond that, by its own design (TRL's read in its source; the lines are cited where the
@@ -242,11 +242,11 @@ def trl_worker(a):
 # ------------------------------------------------------------------------------------------------------------
 def course_settings(algo):
     """(β, learning rate) of the course's side, which the TRL worker is given too."""
-    from rlhf_course.capstone import ALGO_SETTINGS
+    from rlhf_course.capstone import algo_config
     from rlhf_course.dpo import DPOConfig
     from rlhf_course.rlhf_ppo import RLHFConfig
 
-    cfg = DPOConfig() if algo == "dpo" else RLHFConfig(**ALGO_SETTINGS[algo])
+    cfg = DPOConfig() if algo == "dpo" else algo_config(RLHFConfig(), algo)
     return (cfg.beta if algo == "dpo" else cfg.init_kl_coef), cfg.learning_rate
 
 

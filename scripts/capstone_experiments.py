@@ -88,9 +88,6 @@ EVAL_KEYS = ["gold", "proxy", "kl", "sqrt_kl", "length", "eos", "distinct", "rm_
 RACE_BETAS = {"ppo": [0.05, 0.2], "rloo": [0.05, 0.2], "grpo": [0.04, 0.2], "dpo": [0.1, 0.5]}
 """β of the race's runs: the KL coefficient in the reward (PPO, RLOO), of the k3 term in the loss (GRPO; 0.04 is
 DeepSeekMath's), or of the DPO loss."""
-RACE_LR = {"ppo": 1e-4, "rloo": 3e-4, "grpo": 1e-4, "dpo": 1e-4}
-"""Learning rates of the race: the cpu preset's for PPO, chapter 6's micro-run's for RLOO (one step per rollout
-where PPO takes 8), the cpu preset's for GRPO and DPO."""
 DPO_EPOCHS, DPO_EVAL_EVERY = 2, 16
 """DPO's passes over the reward model's training pairs, and its evaluation interval in steps."""
 BEYOND_FUNCTIONS = ["rloo_advantages", "group_advantages", "grpo_loss", "dpo_loss"]
@@ -328,7 +325,7 @@ def ppo_job(job: dict) -> dict:
     start = time.perf_counter()
     answers, sft_model, tokenizer, rm = _job_models(job)
     algo = spec.get("algo", "ppo")
-    ppo = replace(cfg.ppo, **cs.ALGO_SETTINGS[algo])
+    ppo = cs.algo_config(cfg.ppo, algo)
     ppo = replace(ppo, init_kl_coef=spec["beta"], learning_rate=spec["lr"], kl_target=spec["kl_target"],
                   kl_horizon=spec["kl_horizon"])
     kl_ctl = (answers["AdaptiveKLController"](spec["beta"], spec["kl_target"], spec["kl_horizon"])
@@ -349,7 +346,7 @@ def ppo_job(job: dict) -> dict:
     for it in range(1, cfg.ppo_iterations + 1):
         m = rlhf_iteration(state, ppo, **fns, reward_model=rm)
         m["objective/gold_scores"] = float(np.mean(tw.gold_reward(state.last_rollout["reviews"])))
-        train.append({"iteration": it, **{k: float(m.get(k, math.nan)) for k in TRAIN_KEYS}})  # RLOO: no approx KL
+        train.append({"iteration": it, **{k: float(m.get(k, math.nan)) for k in TRAIN_KEYS}})  # RLOO, GRPO: no approx KL
         if it % cfg.eval_every == 0 or it == cfg.ppo_iterations:
             evals.append(evaluation(it, keep_texts=it == cfg.ppo_iterations))
         if not all(math.isfinite(m[k]) for k in TRAIN_KEYS if k in m):
@@ -524,6 +521,7 @@ def read_csv_rows(path: Path) -> list[dict]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from rlhf_course import capstone as cs
+    from rlhf_course.dpo import DPOConfig
     from rlhf_course.tiny_lm import default_cache_dir, load_tiny_lm
 
     command = "python " + " ".join(shlex.quote(a) for a in
@@ -584,7 +582,10 @@ def main(argv=None) -> int:
         specs += [spec("control", s, 0.1, lr=args.broken_lr, broken="lr_x10") for s in args.control_seeds]
         specs += [spec("control", s, 0.1, broken="kl_sign") for s in args.control_seeds]
     if "race" in only:
-        specs += [spec("race", s, b, lr=RACE_LR[a], algo=a) for a in ("ppo", "rloo", "grpo", "dpo")
+        # learning rates: the capstone's --algo settings of the cpu preset (RLOO 3 × PPO's), DPOConfig's for DPO
+        race_lr = {a: cs.algo_config(cfgs[args.seeds[0]].ppo, a).learning_rate for a in ("ppo", "rloo", "grpo")}
+        race_lr["dpo"] = DPOConfig().learning_rate
+        specs += [spec("race", s, b, lr=race_lr[a], algo=a) for a in ("ppo", "rloo", "grpo", "dpo")
                   for s in args.seeds for b in RACE_BETAS[a]]
     unique = {}
     for sp in specs:

@@ -157,9 +157,15 @@ def test_configs_and_loops_refuse_what_does_not_fit():
         RLHFConfig(algo="grpo", batch_size=10, group_size=4)
     with pytest.raises(ValueError, match="group_size"):
         RLHFConfig(algo="rloo", batch_size=8, group_size=1)
+    with pytest.raises(ValueError, match="PPO's options"):
+        RLHFConfig(algo="grpo", rollout_logprobs="forward")
+    with pytest.raises(ValueError, match="PPO's options"):
+        RLHFConfig(algo="rloo", gradient_accumulation_steps=2)
     state = make_rlhf_state(tiny())
     with pytest.raises(ValueError, match="needs rloo_advantages"):
         critic_free_iteration(state, tiny())
+    with pytest.raises(ValueError, match="needs 4 prompts per process"):
+        critic_free_iteration(state, tiny(), rloo_advantages=ref_rloo_advantages, prompts=["a", "b"])
     with pytest.raises(ValueError, match="needs group_advantages"):
         critic_free_iteration(state, tiny("grpo"), group_advantages=ref_group_advantages)
     with pytest.raises(ValueError, match="critic_free_iteration"):
