@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="nbgrader working folder for submitted/autograded copies (default: autograder/course)")
     p.add_argument("--db", type=Path, default=None,
                    help="SQLite gradebook file (default: gradebook.db in the course dir)")
-    p.add_argument("--timeout", type=int, default=None, help="seconds per cell before it is interrupted (default: 60)")
+    p.add_argument("--timeout", type=int, default=None, help="seconds per cell before it is interrupted (default: 120)")
     p.add_argument("--assignment", action="append", dest="only", help="grade only this assignment (repeatable; default: every assignment someone handed in)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     p.add_argument("--jobs", type=int, default=None,

@@ -591,7 +591,7 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
     resumed = len(rows)
     todo = [p for p in pairs if p not in rows]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
-    wall_s = max(900, 15 * (config.Execute.timeout or 60))
+    wall_s = max(900, 8 * (config.Execute.timeout or 120))     # 16 min at the default 120 s per cell
     with _kernel_environment(sandboxed, limits or sandbox.Limits(wall_s=wall_s)) as tmp:
         _prepare_outside_check(config, names, course_dir, sandboxed, progress, jobs)
         # a bar with an ETA on a terminal; nothing when stderr is a file or a pipe (disable=None)

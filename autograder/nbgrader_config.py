@@ -23,7 +23,10 @@ c.CourseDirectory.release_directory = "exercises"  # generated student notebooks
 c.CourseDirectory.db_url = "sqlite:///" + os.path.join(REPO, "autograder", "course", "gradebook.db")
 
 # Per-cell time limit while autograding. The ExecutePreprocessor.timeout key is ignored by nbgrader.
-c.Execute.timeout = 60  # twice the longest graded micro-run on 2 busy cores (reward model: 12-25 s)
+# The longest graded cell, the capstone's reward-model micro-run (SFT, preferences, reward model), takes
+# about 20 s on an idle core and ran past 60 s on a slower machine with 3 processes per 2 cores: the
+# limit leaves 5x room, so a slow or busy grading machine does not take points from correct work.
+c.Execute.timeout = 120
 # Minimal tracebacks: a failing hidden test shows its exception and message, never its source lines.
 # (The in-memory history file is ipykernel's default for nbgrader; keep it when overriding. The
 # kernel's own start-up warnings would only clutter the instructor's progress bar.)

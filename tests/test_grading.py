@@ -380,7 +380,7 @@ def test_by_default_only_submitted_assignments_are_graded(tmp_path):
 
 
 def test_the_tiny_lm_is_built_before_grading_the_chapters_that_use_it(tmp_path, monkeypatch, capsys):
-    # A cold build inside a graded cell would hit the per-cell timeout (60 s) for the whole class.
+    # A cold build inside a graded cell would hit the per-cell timeout (120 s) for the whole class.
     from autograder.grading import _warm_caches
     from rlhf_course.tiny_lm import tiny_lm_dir
 
