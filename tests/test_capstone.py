@@ -1,5 +1,7 @@
 """The capstone: the CPU preset end to end, resume, one-line errors, DDP, the GPU check's CPU path, and
 oracles for the plumbing's math (best-of-n weights and KL, FLOP counts, answers from a notebook)."""
+import contextlib
+import io
 import itertools
 import json
 import math
@@ -106,39 +108,57 @@ def test_resume_takes_the_same_next_iteration(small_runs):
         json.loads((small_runs / "b/summary.json").read_text())["gold_reward_after"]
 
 
+def cli(*args):
+    """`rlhf_course.capstone.main(ARGS)` in this process: its exit code and stderr, as a CompletedProcess.
+
+    The error paths fail in seconds of setup; in a subprocess each would first spend seconds importing torch
+    and transformers. torch's thread count, which a run sets, is restored."""
+    threads, err = torch.get_num_threads(), io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = cs.main([str(a) for a in args])
+    finally:
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(args, code, "", err.getvalue())
+
+
 def test_one_line_errors_with_exit_code_2(small_runs, tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
-    cli = [sys.executable, "-m", "rlhf_course.capstone"]
     check = ("--preset", "check", "--device", "cpu")
     cases = [
-        ((*cli, "--preset", "huge", "--out", tmp_path / "x", "--answers", ANSWERS), ["unknown preset 'huge'"]),
-        ((*cli, *check, "--out", tmp_path / "a-file" / "run", "--answers", ANSWERS), ["cannot write to --out"]),
-        ((*cli, *check, "--out", small_runs / "a", "--answers", ANSWERS), ["--resume"]),
-        ((*cli, *check, "--out", tmp_path / "y", "--answers", REPO / "exercises/capstone/capstone.ipynb"),
+        (("--preset", "huge", "--out", tmp_path / "x", "--answers", ANSWERS), ["unknown preset 'huge'"]),
+        ((*check, "--out", tmp_path / "a-file" / "run", "--answers", ANSWERS), ["cannot write to --out"]),
+        ((*check, "--out", small_runs / "a", "--answers", ANSWERS), ["--resume"]),
+        ((*check, "--out", tmp_path / "y", "--answers", REPO / "exercises/capstone/capstone.ipynb"),
          ["not implemented yet", "sft_loss"]),
     ]
     cases += [  # chapter 6's estimators: their own answers notebook, and a run's settings stay its own
-        ((*cli, *check, "--algo", "rloo", "--out", tmp_path / "z", "--answers", ANSWERS, "--beyond-answers",
+        ((*check, "--algo", "rloo", "--out", tmp_path / "z", "--answers", ANSWERS, "--beyond-answers",
           REPO / "exercises/beyond_ppo/beyond_ppo.ipynb"), ["not implemented yet", "rloo_advantages"]),
-        ((*cli, *check, "--algo", "grpo", "--out", small_runs / "a", "--resume", "--answers", ANSWERS),
+        ((*check, "--algo", "grpo", "--out", small_runs / "a", "--resume", "--answers", ANSWERS),
          ["other settings"]),
     ]
     if not torch.cuda.is_available():
-        cases.append(((*cli, "--preset", "gpu", "--out", tmp_path / "x", "--answers", ANSWERS), ["needs a CUDA GPU"]))
-    # all at once: each spends seconds importing torch and transformers before it fails
-    procs = [(subprocess.Popen(list(map(str, argv)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=REPO), argv, words) for argv, words in cases]
-    for proc, argv, words in procs:
-        stdout, stderr = proc.communicate(timeout=300)
-        one_line_error(subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr), *words)
+        cases.append((("--preset", "gpu", "--out", tmp_path / "x", "--answers", ANSWERS), ["needs a CUDA GPU"]))
+    for argv, words in cases:
+        one_line_error(cli(*argv), *words)
+    # and through the command line itself: `python -m rlhf_course.capstone` exits with main's code
+    one_line_error(capstone("--preset", "huge", "--out", tmp_path / "x"), "unknown preset 'huge'")
 
 
-def test_critic_free_algos_run_the_same_pipeline(tmp_path):
+def test_critic_free_algos_run_the_same_pipeline(small_runs, tmp_path):
+    # Stage 4 with each estimator, from the SFT model and reward model small_runs saved (stages 1-3 do not
+    # depend on --algo): `--resume` into a folder that holds only those, as after an interrupted run.
+    for algo in ("rloo", "grpo"):
+        (tmp_path / algo).mkdir()
+        shutil.copytree(small_runs / "a" / "sft", tmp_path / algo / "sft")
+        for name in ("reward_model.pt", "reward_model.json"):
+            shutil.copy(small_runs / "a" / name, tmp_path / algo / name)
     # both at once: each spends seconds importing torch and transformers, and the machine has 2 cores
     procs = {algo: subprocess.Popen([sys.executable, "-m", "rlhf_course.capstone", "--preset", "check", "--device",
                                      "cpu", "--quiet", "--json", "--algo", algo, "--out", str(tmp_path / algo),
-                                     "--answers", str(ANSWERS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True, cwd=REPO) for algo in ("rloo", "grpo")}
+                                     "--resume", "--answers", str(ANSWERS)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, cwd=REPO) for algo in ("rloo", "grpo")}
     for algo, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0, stderr[-3000:]
@@ -150,6 +170,8 @@ def test_critic_free_algos_run_the_same_pipeline(tmp_path):
         assert all(m["sanity/advantage_group_sum"] < 1e-6 for m in metrics), algo   # groups sum to 0
         assert metrics[-1]["objective/kl"] > 0 and "eval/gold_reward" in metrics[-1]
         assert (out / "training_curves.png").stat().st_size > 1000
+        assert (out / "sft/sft.json").read_bytes() == (small_runs / "a/sft/sft.json").read_bytes(), \
+            "the saved SFT stage was taken, not redone"
 
 
 def test_a_corrupt_checkpoint_is_refused_and_nothing_is_lost(small_runs, tmp_path):
@@ -157,7 +179,7 @@ def test_a_corrupt_checkpoint_is_refused_and_nothing_is_lost(small_runs, tmp_pat
     shutil.copytree(small_runs / "a", run_dir)
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != "checkpoint.pt"}
     (run_dir / "checkpoint.pt").write_bytes(b"\x00garbage, as after a full disk")
-    one_line_error(capstone("--preset", "check", "--device", "cpu", "--out", run_dir, "--resume"),
+    one_line_error(cli("--preset", "check", "--device", "cpu", "--out", run_dir, "--resume", "--answers", ANSWERS),
                    "checkpoint", "unusable")
     after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != "checkpoint.pt"}
     assert after == before, "a refused resume must not change what the run had written"
