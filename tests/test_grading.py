@@ -1,6 +1,7 @@
 """End to end: `python -m autograder grade` on a synthetic class, with a real SQLite gradebook."""
 import csv
 import html
+import json
 import os
 import re
 import shutil
@@ -14,8 +15,8 @@ from autograder import SOLUTIONS, load_config
 from autograder.course import ConfigNotLoaded
 from conftest import REPO, autograder, read_grades, run
 from notebook_text import hidden_test_lines, leaked, visible_text
-from synthetic_class import (class_modules, load_class, make_bad_files_class, make_combined_wrong_class, make_wrong_class,
-                             solution_bodies, stub, write_submission)
+from synthetic_class import (class_modules, graded_cells, load_class, make_bad_files_class, make_combined_wrong_class,
+                             make_wrong_class, owned_test_cells, solution_bodies, stub, write_submission)
 
 ASSIGNMENT = NOTEBOOK = "rlhf_update_rules"
 
@@ -87,25 +88,39 @@ def test_at_least_four_wrong_implementations_per_function(assignment):
 CHAPTERS = [a for a in class_modules() if a != "rlhf_update_rules"]
 
 
-@pytest.fixture(scope="module")
-def chapter_classes(tmp_path_factory):
-    """Every chapter's class of wrong implementations, graded in ONE run with `grade --jobs 2`.
+# Each chapter's class: the correct student, the stub, and students who each carry one mistake per graded
+# function (make_combined_wrong_class). Every one of them runs against the solution's test cells, hidden
+# tests included, in tests/mistakes.py (a fork per student of one process per chapter); the correct student,
+# the stub and the first student with mistakes are also graded end to end by `grade`.
+GRADED = ("correct", "stub", "mix00")
 
-    Each student's notebook runs real training micro-runs. One run for all chapters keeps both cores busy
-    to the end (the slowest notebooks, the capstone's, go first) and pays grading's start-up once. Two
+
+@pytest.fixture(scope="module")
+def chapter_students(tmp_path_factory):
+    """Every chapter's class written once: (folder, {assignment: {student: expectations}})."""
+    root = tmp_path_factory.mktemp("chapter-students")
+    return root, {assignment: make_combined_wrong_class(root / assignment, assignment) for assignment in CHAPTERS}
+
+
+@pytest.fixture(scope="module")
+def chapter_classes(chapter_students, tmp_path_factory):
+    """The GRADED students of every chapter, graded in ONE run with `grade --jobs 2`.
+
+    Each correct student's notebook runs real training micro-runs. One run for all chapters keeps both cores
+    busy to the end (the slowest notebooks, the capstone's, go first) and pays grading's start-up once. Two
     workers use both cores (the sandbox gives each kernel one torch thread: two kernels with two spinning
     threads each on two cores run several times slower). Student ids are `<assignment>.<student>`; each
     hands in one assignment, so the others are "missing" rows, not graded.
     """
+    built, everyone = chapter_students
     root = tmp_path_factory.mktemp("chapters")
     (root / "submissions").mkdir()
     expects = {}
     for assignment in CHAPTERS:
-        built = root / "build" / assignment
-        expect = make_combined_wrong_class(built, assignment)
-        for student in expect:
-            shutil.move(built / student, root / "submissions" / f"{assignment}.{student}")
-        expects[assignment] = {f"{assignment}.{student}": want for student, want in expect.items()}
+        graded = [s for s in everyone[assignment] if s.split("_")[0] in GRADED]
+        for student in graded:
+            shutil.copytree(built / assignment / student, root / "submissions" / f"{assignment}.{student}")
+        expects[assignment] = {f"{assignment}.{s}": everyone[assignment][s] for s in graded}
     proc = autograder("grade", root / "submissions", "--out", root / "grades.csv", "--course-dir", root / "course",
                       "--jobs", 2, "--quiet", cwd=root, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -117,14 +132,62 @@ def chapter_classes(tmp_path_factory):
 @pytest.mark.parametrize("assignment", CHAPTERS)
 def test_wrong_implementations_lose_points(assignment, chapter_classes):
     # rlhf_update_rules' wrong students are graded one mistake each in the `graded` fixture above, with
-    # the bad files. The chapters' classes carry one mistake per function per student, and each mistake
-    # must cost points in its own function's test cells.
+    # the bad files. Here, end to end: the correct student gets full marks, the stub 0, and each mistake of
+    # the first student with mistakes costs points in its own function's test cells.
     expects, rows = chapter_classes
     expect, rows = expects[assignment], rows[assignment]
+    assert set(rows) == set(expect) and len(expect) == len(GRADED)
+    _check(expect, rows)
+
+
+@pytest.fixture(scope="module")
+def chapter_mistakes(chapter_students):
+    """{assignment: {student: {grade_id: "" or why it failed}}}: tests/mistakes.py on every chapter's class
+    (the stub left out, the micro-runs not run), one process per chapter, two at a time, largest first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    built, everyone = chapter_students
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+
+    def check(assignment):
+        notebook = getattr(load_class(assignment), "NOTEBOOK", assignment)
+        owned = {c for cells in owned_test_cells(assignment, notebook).values() for c in cells}
+        micro_runs = [c for c in graded_cells(assignment, notebook) if c not in owned]
+        students = [s for s in everyone[assignment] if s != "stub"]
+        argv = [sys.executable, REPO / "tests/mistakes.py", assignment, notebook, built / assignment, *students,
+                *(["--skip", *micro_runs] if micro_runs else [])]
+        proc = subprocess.run(list(map(str, argv)), capture_output=True, text=True, timeout=900, env=env)
+        assert proc.returncode == 0, f"{assignment}: {proc.stderr[-4000:]}"
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    order = sorted(CHAPTERS, key=lambda a: -len(everyone[a]))
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip(order, pool.map(check, order)))
+
+
+@pytest.mark.parametrize("assignment", CHAPTERS)
+def test_every_mistake_fails_its_own_test_cells(assignment, chapter_students, chapter_mistakes):
+    _, everyone = chapter_students
+    expect, results = everyone[assignment], chapter_mistakes[assignment]
     n_mistakes = sum(len(want.get("lose_in", {})) for want in expect.values())
     assert n_mistakes == len(load_class(assignment).WRONG), "every listed mistake is handed in"
-    assert set(rows) == set(expect)
-    _check(expect, rows)
+    assert set(results) == set(expect) - {"stub"}
+    # the control: the solution passes every test cell run this way, so a failure below is the mistake's
+    assert not {g: why for g, why in results["correct"].items() if why}, results["correct"]
+    wrong = []
+    for student, want in expect.items():
+        if "lose_in" not in want:
+            continue
+        assert "__error__" not in results[student], f"{student}: {results[student]['__error__']}"
+        lost = {g for g, why in results[student].items() if why}
+        for mistake, cells in want["lose_in"].items():
+            if not set(cells) & lost:
+                wrong.append(f"{student}: mistake {mistake} fails none of its own test cells {cells} "
+                             f"(failed: {sorted(lost)})")
+        if lost - want["may_lose_in"]:
+            wrong.append(f"{student}: fails {sorted(lost - want['may_lose_in'])}, the tests of functions it has "
+                         "no mistake in")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_real_sqlite_gradebook(graded):
