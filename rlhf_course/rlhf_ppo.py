@@ -719,6 +719,60 @@ def token_log_probs(model: nn.Module, query_response: torch.Tensor, attention_ma
     return logp.gather(-1, targets[:, 1:, None]).squeeze(-1)                           # (B, R)
 
 
+def critic_free_update(state: RLHFState, config: RLHFConfig, batch: dict, advantages: torch.Tensor, beta: float,
+                       *, grpo_loss: Callable | None = None, rng: np.random.Generator | None = None) -> dict:
+    """The update of ``critic_free_iteration`` on this process's rows of a scored rollout.
+
+    batch: "query_response" (B, P+R), "attention_mask" (B, P+R), "context_length" P, "targets" (B, 1+R)
+    (``logprob_targets``), "mask" (B, R) float, "old_logprobs" and "ref_logprobs" (B, R) (0 on padding);
+    advantages: (B,) this process's rows of the whole batch's advantages. "rloo": one REINFORCE step on
+    −(1/B) Σ_i A_i Σ_t log π_θ(y_i,t); "grpo": num_ppo_epochs × num_minibatches steps on the learner's
+    ``grpo_loss``. Losses are local means: under torchrun DDP averages them over the processes (equal
+    shares). Returns {"loss", "clipfrac", "ratio", "max_dev"}: one value per optimizer step each.
+    """
+    cfg = config
+    qr, am, ctx, targets = batch["query_response"], batch["attention_mask"], batch["context_length"], batch["targets"]
+    mask, old_logprobs, ref_logprobs = batch["mask"], batch["old_logprobs"], batch["ref_logprobs"]
+    T, pad_id, B = cfg.temperature, state.tokenizer.pad_token_id, qr.shape[0]
+    # The value head is in the forward (DDP wants every parameter used) with weight 0.
+    model = state.train_model if state.train_model is not None else PolicyAndValue(state.policy, state.value_head)
+    params = [p for p in state.policy.parameters()]
+    stats = {"loss": [], "clipfrac": [], "ratio": [], "max_dev": []}
+
+    def step(rows: torch.Tensor, loss_of) -> None:
+        state.optimizer.zero_grad(set_to_none=True)
+        with _autocast(state, cfg):
+            logits, vpred = model(qr[rows], am[rows], ctx)                                 # (b, R+1, V)
+        logp = sampling_log_softmax(logits[:, :-1], T, pad_id)                              # (b, R, V)
+        logprobs = logp.gather(-1, targets[rows, 1:, None]).squeeze(-1) * mask[rows]        # (b, R)
+        loss = loss_of(rows, logprobs)
+        (loss + 0.0 * vpred.float().sum()).backward()   # local means; DDP averages them over processes
+        clipped_step(state.optimizer, params, cfg.max_grad_norm)
+        m = mask[rows]
+        ratio = torch.exp(logprobs.detach() - old_logprobs[rows])
+        stats["loss"].append(float(loss.item()))
+        stats["ratio"].append(float((ratio * m).sum() / m.sum()))
+        stats["clipfrac"].append(float((((ratio - 1).abs() > cfg.cliprange).float() * m).sum() / m.sum()))
+        stats["max_dev"].append(float(((logprobs.detach() - old_logprobs[rows]).abs() * m).max()))
+
+    if cfg.algo == "rloo":
+        # On-policy, so no ratio and no clip: −mean_i A_i · log π_θ(y_i), over the whole batch.
+        step(torch.arange(B, device=qr.device),
+             lambda rows, logprobs: -(advantages[rows] * logprobs.sum(1)).mean())
+    else:
+        rng = rng if rng is not None else np.random.default_rng(cfg.seed)
+        mb_size = max(1, B // cfg.num_minibatches)
+        b_inds = np.arange(B)
+        for _ in range(cfg.num_ppo_epochs):
+            rng.shuffle(b_inds)
+            for s0 in range(0, B, mb_size):
+                step(torch.as_tensor(b_inds[s0:s0 + mb_size], device=qr.device),
+                     lambda rows, logprobs: grpo_loss(logprobs, old_logprobs[rows], ref_logprobs[rows],
+                                                      advantages[rows], mask[rows], cfg.cliprange, beta,
+                                                      cfg.loss_aggregation))
+    return stats
+
+
 def critic_free_iteration(state: RLHFState, config: RLHFConfig, *, rloo_advantages: Callable | None = None,
                           group_advantages: Callable | None = None, grpo_loss: Callable | None = None,
                           reward_fn: Callable | None = None, reward_model: nn.Module | None = None,
@@ -819,41 +873,10 @@ def critic_free_iteration(state: RLHFState, config: RLHFConfig, *, rloo_advantag
     adv = torch.as_tensor(advantages[mine], dtype=torch.float32, device=device)            # (B,)
     t_advantages = time.perf_counter()
 
-    # 4. Update. The value head is in the forward (DDP wants every parameter used) with weight 0.
-    model = state.train_model if state.train_model is not None else PolicyAndValue(state.policy, state.value_head)
-    params = [p for p in policy.parameters()]
-    stats = {"loss": [], "clipfrac": [], "ratio": [], "max_dev": []}
-
-    def step(rows: torch.Tensor, loss_of) -> None:
-        state.optimizer.zero_grad(set_to_none=True)
-        with _autocast(state, cfg):
-            logits, vpred = model(qr[rows], am[rows], ctx)                                 # (b, R+1, V)
-        logp = sampling_log_softmax(logits[:, :-1], T, pad_id)                              # (b, R, V)
-        logprobs = logp.gather(-1, targets[rows, 1:, None]).squeeze(-1) * mask[rows]        # (b, R)
-        loss = loss_of(rows, logprobs)
-        (loss + 0.0 * vpred.float().sum()).backward()   # local means; DDP averages them over processes
-        clipped_step(state.optimizer, params, cfg.max_grad_norm)
-        m = mask[rows]
-        ratio = torch.exp(logprobs.detach() - old_logprobs[rows])
-        stats["loss"].append(float(loss.item()))
-        stats["ratio"].append(float((ratio * m).sum() / m.sum()))
-        stats["clipfrac"].append(float((((ratio - 1).abs() > cfg.cliprange).float() * m).sum() / m.sum()))
-        stats["max_dev"].append(float(((logprobs.detach() - old_logprobs[rows]).abs() * m).max()))
-
-    if cfg.algo == "rloo":
-        # On-policy, so no ratio and no clip: −mean_i A_i · log π_θ(y_i), over the whole batch.
-        step(torch.arange(B, device=device),
-             lambda rows, logprobs: -(adv[rows] * logprobs.sum(1)).mean())
-    else:
-        mb_size = max(1, B // cfg.num_minibatches)
-        b_inds = np.arange(B)
-        for _ in range(cfg.num_ppo_epochs):
-            rng.shuffle(b_inds)
-            for s0 in range(0, B, mb_size):
-                step(torch.as_tensor(b_inds[s0:s0 + mb_size], device=device),
-                     lambda rows, logprobs: grpo_loss(logprobs, old_logprobs[rows], ref_logprobs[rows],
-                                                      adv[rows], mask[rows], cfg.cliprange, beta,
-                                                      cfg.loss_aggregation))
+    # 4. Update.
+    batch = {"query_response": qr, "attention_mask": am, "context_length": ctx, "targets": targets, "mask": mask,
+             "old_logprobs": old_logprobs, "ref_logprobs": ref_logprobs}
+    stats = critic_free_update(state, cfg, batch, adv, beta, grpo_loss=grpo_loss, rng=rng)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t_updated = time.perf_counter()

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import REPO, run, wait_background
+from ddp_update_worker import tiny_model
 from rlhf_course import capstone as cs
 from rlhf_course import textworld as tw
 from rlhf_course.answers import MissingAnswers, answer_cells, load_answers
@@ -187,6 +188,7 @@ def test_a_corrupt_checkpoint_is_refused_and_nothing_is_lost(small_runs, tmp_pat
 
 # ------------------------------------------------------------------ DDP: the same update, split differently
 def test_ddp_and_gradient_accumulation_give_the_single_process_update(tmp_path):
+    # PPO, RLOO and GRPO (chapter 6's critic-free update), each from the same fixed rollout
     worker = REPO / "tests/ddp_update_worker.py"
     run(sys.executable, worker, tmp_path / "single.pt")
     run(sys.executable, worker, tmp_path / "accumulated.pt", "--accumulate", "4")
@@ -195,15 +197,26 @@ def test_ddp_and_gradient_accumulation_give_the_single_process_update(tmp_path):
                           str(worker), str(tmp_path / "ddp.pt")], capture_output=True, text=True, timeout=400,
                          env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"})
     assert ddp.returncode == 0, ddp.stderr[-4000:]
-    single, acc, ddp = (torch.load(tmp_path / f"{n}.pt", weights_only=False) for n in ("single", "accumulated", "ddp"))
-    assert (single["world"], acc["world"], ddp["world"]) == (1, 1, 2)
-    moved = [k for k, v in single["policy"].items() if v.dtype.is_floating_point]
-    for other in (acc, ddp):
-        for key in moved:
-            assert torch.allclose(single["policy"][key], other["policy"][key], atol=1e-6, rtol=1e-5), key
-        for key in ("loss/policy_avg", "loss/value_avg"):
-            assert other["stats"][key] == pytest.approx(single["stats"][key], rel=1e-5)
-    assert single["stats"]["policy/approxkl_avg"] > 0.01, "the update must move the policy for this to mean anything"
+    singles, acc, ddps = (torch.load(tmp_path / f"{n}.pt", weights_only=False) for n in ("single", "accumulated", "ddp"))
+    assert set(singles) == set(ddps) == {"ppo", "rloo", "grpo"} and set(acc) == {"ppo"}
+    start = tiny_model().state_dict()
+    for algo, single in singles.items():
+        others = [ddps[algo]] + ([acc[algo]] if algo in acc else [])
+        assert single["world"] == 1 and ddps[algo]["world"] == 2
+        moved = [k for k, v in single["policy"].items() if v.dtype.is_floating_point]
+        for other in others:
+            for key in moved:
+                assert torch.allclose(single["policy"][key], other["policy"][key], atol=1e-6, rtol=1e-5), (algo, key)
+        change = max(float((single["policy"][k] - start[k]).abs().max()) for k in moved)
+        assert change > 1e-3, f"{algo}: the update must move the policy for this to mean anything"
+    ppo, acc = singles["ppo"], acc["ppo"]
+    for key in ("loss/policy_avg", "loss/value_avg"):
+        assert acc["stats"][key] == pytest.approx(ppo["stats"][key], rel=1e-5)
+        assert ddps["ppo"]["stats"][key] == pytest.approx(ppo["stats"][key], rel=1e-5)
+    assert ppo["stats"]["policy/approxkl_avg"] > 0.01
+    assert (singles["rloo"]["stats"]["steps"], singles["grpo"]["stats"]["steps"]) == (1, 3), \
+        "RLOO takes one step, GRPO one per epoch (one minibatch)"
+
 
 
 # ------------------------------------------------------------------ the GPU check, on a CPU
