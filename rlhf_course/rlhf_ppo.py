@@ -432,6 +432,16 @@ def _scores(state: RLHFState, cfg: RLHFConfig, gen: dict, reviews: list[str], re
     return np.asarray((reward_fn or gold_reward)(reviews), dtype=np.float64)
 
 
+def _run_metrics(state: RLHFState, n_responses: int, start: float, t_generated: float, t_scored: float,
+                 t_advantages: float, t_updated: float) -> dict:
+    """The metrics every iteration ends with: learning rate, episodes so far, and where its time went (each
+    phase ends at a host copy or a sync: right on a GPU too)."""
+    return {"lr": state.optimizer.param_groups[0]["lr"], "episode": (state.iteration + 1) * n_responses,
+            "seconds": time.perf_counter() - start, "time/generation": t_generated - start,
+            "time/scores_and_logprobs": t_scored - t_generated, "time/advantages": t_advantages - t_scored,
+            "time/ppo_update": t_updated - t_advantages}
+
+
 def reward_model_scores(reward_model: nn.Module, query_response: torch.Tensor, attention_mask: torch.Tensor,
                         context_length: int, eos_token_id: int) -> np.ndarray:
     """(B,) float64 scores of a learned reward model on the policy's own token ids.
@@ -585,14 +595,7 @@ def ppo_rlhf_iteration(
         "val/num_eos_tokens": int(n_eos),
         "sanity/first_ratio_max_dev": stats["sanity/first_ratio_max_dev"],
         "sanity/logprob_max_dev": float(np.max(_gather_rows(np.array([logprob_max_dev])))),
-        "lr": state.optimizer.param_groups[0]["lr"],
-        "episode": (state.iteration + 1) * len(all_scores),
-        "seconds": time.perf_counter() - start,
-        # where the iteration's time went (each phase ends at a host copy or a sync: right on a GPU too)
-        "time/generation": t_generated - start,
-        "time/scores_and_logprobs": t_scored - t_generated,
-        "time/advantages": t_advantages - t_scored,
-        "time/ppo_update": t_updated - t_advantages,
+        **_run_metrics(state, len(all_scores), start, t_generated, t_scored, t_advantages, t_updated),
     }
     state.kl_ctl.update(mean_kl, len(all_scores))
     state.iteration += 1
@@ -897,13 +900,7 @@ def critic_free_iteration(state: RLHFState, config: RLHFConfig, *, rloo_advantag
         "val/num_eos_tokens": int(n_eos),
         "sanity/advantage_group_sum": float(np.max(np.abs(advantages.reshape(-1, k).sum(1)))),
         "sanity/logprob_max_dev": float(np.max(_gather_rows(np.array([stats["max_dev"][0]])))),
-        "lr": state.optimizer.param_groups[0]["lr"],
-        "episode": (state.iteration + 1) * len(all_scores),
-        "seconds": time.perf_counter() - start,
-        "time/generation": t_generated - start,
-        "time/scores_and_logprobs": t_scored - t_generated,
-        "time/advantages": t_advantages - t_scored,
-        "time/ppo_update": t_updated - t_advantages,
+        **_run_metrics(state, len(all_scores), start, t_generated, t_scored, t_advantages, t_updated),
     }
     state.kl_ctl.update(metrics["objective/kl"], len(all_scores))
     state.iteration += 1

@@ -43,23 +43,28 @@ OURS_VARIANTS = {"ours": "ours", "ours-bf16": "ours, bf16 autocast"}
 NAMES = TRL_VARIANTS | OURS_VARIANTS
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_work_arguments(p: argparse.ArgumentParser, batch_help: str, epochs_help: str) -> None:
+    """The options both benchmarks share: which shapes, how long, the work of one iteration, the TRL venv."""
     p.add_argument("--shapes", default="tiny,gpt2-124m", help="comma-separated subset of: " + ", ".join(SHAPES))
     p.add_argument("--iters", type=int, default=20, help="timed iterations; the median is reported")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (>= 1: TRL's first is untimeable)")
-    p.add_argument("--batch-size", type=int, default=16, help="B: prompts per iteration")
+    p.add_argument("--batch-size", type=int, default=16, help=batch_help)
     p.add_argument("--prompt-length", type=int, default=5, help="P: tokens per prompt (random ids, no padding)")
-    p.add_argument("--response-length", type=int, default=16, help="R: sampled tokens per prompt, never stopped early")
-    p.add_argument("--ppo-epochs", type=int, default=4, help="PPO epochs over the batch, one minibatch each")
+    p.add_argument("--response-length", type=int, default=16, help="R: tokens per response, never stopped early")
+    p.add_argument("--ppo-epochs", type=int, default=4, help=epochs_help)
     p.add_argument("--temperature", type=float, default=0.7, help="TRL's sampling temperature (ours fixes 0.7)")
     p.add_argument("--threads", type=int, default=2, help="torch threads in every process (and OMP_NUM_THREADS)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random models and prompts")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random models and data")
     p.add_argument("--trl-python", default=str(REPO / ".venv-trl" / "bin" / "python"), help="python of the TRL venv")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per subprocess")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_work_arguments(p, "B: prompts per iteration", "PPO epochs over the batch, one minibatch each")
     p.add_argument("--ours-cmd", default=f"{shlex.quote(sys.executable)} -m rlhf_course.capstone bench",
                    help="command for our side; the shape/work flags are appended; last stdout line is JSON")
     p.add_argument("--skip", default="", help="comma-separated trainers not to run: " + ", ".join(NAMES))
-    p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per subprocess")
     p.add_argument("--save", type=Path, help="also write the JSON line's object to this file (the book reads "
                    "book/capstone/data/bench_trl.json)")
     # worker mode (internal): run one TRL measurement in this process and print one JSON line

@@ -49,29 +49,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_trl import REPO, SHAPES, run_json, this_command  # scripts/ is on sys.path: this file's own folder
+from bench_trl import SHAPES, add_work_arguments, run_json, this_command  # scripts/ is on sys.path: this file's own folder
 
 ALGOS = {"rloo": "RLOO", "grpo": "GRPO", "dpo": "DPO"}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shapes", default="tiny,gpt2-124m", help="comma-separated subset of: " + ", ".join(SHAPES))
+    add_work_arguments(p, "B: responses per iteration (rloo, grpo), pairs (dpo)",
+                       "GRPO: clipped steps per rollout (TRL: num_iterations)")
     p.add_argument("--algos", default="rloo,grpo,dpo", help="comma-separated subset of: " + ", ".join(ALGOS))
-    p.add_argument("--iters", type=int, default=20, help="timed iterations; the median is reported")
-    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (>= 1: TRL's first is untimeable)")
-    p.add_argument("--batch-size", type=int, default=16, help="B: responses per iteration (rloo, grpo), pairs (dpo)")
     p.add_argument("--group-size", type=int, default=4, help="K: responses per prompt (rloo, grpo)")
-    p.add_argument("--prompt-length", type=int, default=5, help="P: tokens per prompt (random ids, no padding)")
-    p.add_argument("--response-length", type=int, default=16, help="R: tokens per response, never stopped early")
-    p.add_argument("--ppo-epochs", type=int, default=4, help="GRPO: clipped steps per rollout (TRL: num_iterations)")
-    p.add_argument("--temperature", type=float, default=0.7, help="TRL's sampling temperature (ours fixes 0.7)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads in every process (and OMP_NUM_THREADS)")
-    p.add_argument("--seed", type=int, default=0, help="seed of TRL's random models and data")
-    p.add_argument("--trl-python", default=str(REPO / ".venv-trl" / "bin" / "python"), help="python of the TRL venv")
     p.add_argument("--ours-cmd", default=f"{shlex.quote(sys.executable)} -m rlhf_course.capstone bench",
                    help="command for our side; the algorithm/shape/work flags are appended; last stdout line is JSON")
-    p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per subprocess")
     p.add_argument("--save", type=Path, help="also write the JSON line's object to this file")
     # worker mode (internal): run one TRL measurement in this process and print one JSON line
     p.add_argument("--worker", choices=["trl"], help=argparse.SUPPRESS)
