@@ -958,8 +958,9 @@ def bench_dpo(args, policy: nn.Module) -> dict:
             times.append(time.perf_counter() - t0)
     s = float(np.median(times))
     T = P + R + 1
-    # the policy on the 2B sequences, logits at every position; backward 2× the forward
-    flops = 3 * forward_flops(args.n_layer, args.n_embd, 2 * B * T, 2 * B * T, args.vocab, (T + 1) / 2)
+    # the policy on the 2B sequences, the LM head where a response token or its EOS is predicted (R + 1
+    # positions a row: dpo.sequence_log_probs); backward 2× the forward
+    flops = 3 * forward_flops(args.n_layer, args.n_embd, 2 * B * T, 2 * B * (R + 1), args.vocab, (T + 1) / 2)
     return {"trainer": "rlhf_course", "algo": "dpo", "s_per_iter_median": s, "s_per_iter_all": times,
             "pairs_per_s": B / s, "flops_per_iter": flops, "achieved_gflops": flops / s / 1e9,
             "threads": args.threads, "precision": "fp32", "beta": cfg.beta, "learning_rate": cfg.learning_rate,

@@ -103,22 +103,25 @@ def encode_pairs(tokenizer, prefs) -> dict:
 
 
 def sequence_log_probs(model: nn.Module, ids: torch.Tensor, response_mask: torch.Tensor,
-                       attention_mask: torch.Tensor, temperature: float, pad_id: int, eos_id: int) -> torch.Tensor:
+                       attention_mask: torch.Tensor, temperature: float, pad_id: int) -> torch.Tensor:
     """(N,) ℓ = Σ_t log π(y_t | x, y_<t) over the response tokens (response_mask = 1), at temperature T.
 
-    Token t is predicted by the logits at position t − 1.
+    Token t is predicted by the hidden state at position t − 1. The LM head and the log-softmax run on
+    those positions only, gathered into one (n, H) matrix (n = the batch's response tokens): GPT-2's head
+    is a 50,257 × 768 matrix, and the prompt's and the padding's positions do not need it.
     """
     from rlhf_course.tiny_lm import position_ids_from_mask
 
     T_len = int(attention_mask.sum(1).max())                 # trim the batch to its longest row
     ids, response_mask, attention_mask = ids[:, :T_len], response_mask[:, :T_len], attention_mask[:, :T_len]
-    logits = model(input_ids=ids, attention_mask=attention_mask,
-                   position_ids=position_ids_from_mask(attention_mask)).logits          # (N, T, V)
-    logp = sampling_log_softmax(logits[:, :-1], temperature, pad_id)                     # (N, T − 1, V)
-    # Padding targets are the pad id, whose sampling log-prob is −inf, and −inf · 0 = NaN: read them as EOS.
-    targets = ids[:, 1:].masked_fill(response_mask[:, 1:] == 0, eos_id)                 # (N, T − 1)
-    tok = logp.gather(-1, targets[:, :, None]).squeeze(-1)                              # (N, T − 1)
-    return (tok * response_mask[:, 1:]).sum(1)
+    hidden = model.base_model(input_ids=ids, attention_mask=attention_mask,
+                              position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (N, T, H)
+    predicts = response_mask[:, 1:] > 0                                                  # (N, T − 1)
+    row = predicts.nonzero()[:, 0]                                                       # (n,) each one's row
+    logits = model.get_output_embeddings()(hidden[:, :-1][predicts])                     # (n, V)
+    logp = sampling_log_softmax(logits, temperature, pad_id)                             # (n, V)
+    tok = logp.gather(-1, ids[:, 1:][predicts][:, None]).squeeze(-1)                     # (n,)
+    return torch.zeros(ids.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, row, tok)
 
 
 def stack_rows(first, second, pad_id: int):
@@ -156,11 +159,11 @@ def dpo_step(state: DPOState, cfg: DPOConfig, chosen, rejected, ref_chosen: torc
         "loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins" (TRL's
         DPOTrainer names), "logps/chosen", "logps/rejected" (mean ℓ: watch them both fall).
     """
-    pad, eos = state.tokenizer.pad_token_id, state.tokenizer.eos_token_id
+    pad = state.tokenizer.pad_token_id
     # 1. ℓ of both responses under the policy, with gradient: one forward over the 2B rows (one pass with
     #    twice the rows keeps the matrices larger, which is faster than two passes).
     B = chosen[0].shape[0]
-    both = sequence_log_probs(state.policy, *stack_rows(chosen, rejected, pad), cfg.temperature, pad, eos)
+    both = sequence_log_probs(state.policy, *stack_rows(chosen, rejected, pad), cfg.temperature, pad)
     lc, lr_ = both[:B], both[B:]                                                           # (B,) each
     as_np = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
     pc, pr, rc, rr = as_np(lc), as_np(lr_), as_np(ref_chosen), as_np(ref_rejected)
@@ -189,12 +192,12 @@ def dpo_step(state: DPOState, cfg: DPOConfig, chosen, rejected, ref_chosen: torc
 @torch.no_grad()
 def reference_log_probs(state: DPOState, cfg: DPOConfig, pairs: dict, batch_size: int = 256):
     """(N,) ℓ under π_ref of every chosen and every rejected response, computed once."""
-    pad, eos = state.tokenizer.pad_token_id, state.tokenizer.eos_token_id
+    pad = state.tokenizer.pad_token_id
     out = {}
     for side in ("chosen", "rejected"):
         ids, rmask, attn = pairs[side]
         out[side] = torch.cat([sequence_log_probs(state.ref_policy, ids[i:i + batch_size], rmask[i:i + batch_size],
-                                                  attn[i:i + batch_size], cfg.temperature, pad, eos)
+                                                  attn[i:i + batch_size], cfg.temperature, pad)
                                for i in range(0, len(ids), batch_size)])
     return out["chosen"], out["rejected"]
 

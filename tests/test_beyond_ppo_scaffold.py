@@ -256,7 +256,7 @@ def test_loss_gradients_match_the_analytic_dpo_gradient():
 def test_sequence_log_probs_sum_the_response_tokens_only(prefs):
     lm, tok, pairs = prefs
     ids, rmask, attn = encode_pairs(tok, pairs[:4])["chosen"]
-    got = sequence_log_probs(lm, ids, rmask, attn, 0.7, tok.pad_token_id, tok.eos_token_id)
+    got = sequence_log_probs(lm, ids, rmask, attn, 0.7, tok.pad_token_id)
     for i in range(4):                                          # one row at a time, no padding, a plain loop
         n = int(attn[i].sum())
         logits = lm(input_ids=ids[i:i + 1, :n]).logits[0].float()
@@ -270,9 +270,9 @@ def test_sequence_log_probs_sum_the_response_tokens_only(prefs):
 def implicit_margin(state, pairs, beta) -> float:
     """Mean over all pairs of β·[(ℓ_w − ℓ_w,ref) − (ℓ_l − ℓ_l,ref)], measured by the test itself."""
     enc = encode_pairs(state.tokenizer, pairs)
-    pad, eos = state.tokenizer.pad_token_id, state.tokenizer.eos_token_id
+    pad = state.tokenizer.pad_token_id
     with torch.no_grad():
-        lp = {(side, name): sequence_log_probs(model, *enc[side], 0.7, pad, eos)
+        lp = {(side, name): sequence_log_probs(model, *enc[side], 0.7, pad)
               for side in ("chosen", "rejected") for name, model in (("pi", state.policy), ("ref", state.ref_policy))}
     return float(beta * ((lp["chosen", "pi"] - lp["chosen", "ref"]) - (lp["rejected", "pi"] - lp["rejected", "ref"])).mean())
 
