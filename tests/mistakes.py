@@ -1,6 +1,6 @@
 """Run a chapter class's students against the solution's test cells, hidden tests included, without a grader.
 
-    python tests/mistakes.py ASSIGNMENT NOTEBOOK CLASS_DIR [--skip GRADE_ID ...] STUDENT...   # one JSON line
+    python tests/mistakes.py ASSIGNMENT NOTEBOOK CLASS_DIR STUDENT... [--skip GRADE_ID ...]   # one JSON line
 
 For each student, CLASS_DIR/<student>/<ASSIGNMENT>/<NOTEBOOK>.ipynb is executed cell by cell as autograding
 runs it: answer cells and the other cells as handed in, each graded test cell replaced by the solution's
@@ -27,7 +27,7 @@ from pathlib import Path
 import nbformat
 
 REPO = Path(__file__).resolve().parents[1]
-CELL_SECONDS = 300      # a student whose cells run longer than this in all is reported, not waited for
+STUDENT_SECONDS = 300   # a student whose notebook runs longer than this is reported, not waited for
 
 
 def solution_tests(assignment: str, notebook: str) -> dict[str, str]:
@@ -77,7 +77,7 @@ def run_class(assignment: str, notebook: str, root: Path, students: list[str],
         pid = os.fork()
         if pid == 0:                                      # the child: run, report, leave without cleanup
             os.close(read)
-            signal.alarm(CELL_SECONDS)
+            signal.alarm(STUDENT_SECONDS)
             try:
                 os.chdir(path.parent)
                 data = json.dumps(run_notebook(path, tests, skip))
