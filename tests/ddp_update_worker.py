@@ -18,6 +18,10 @@ import torch
 import torch.distributed as dist
 from transformers import GPT2Config, GPT2LMHeadModel
 
+# the scaffold tests' reference functions (tests/ is this script's folder, so on sys.path)
+from test_beyond_ppo_scaffold import ref_grpo_loss
+from test_rlhf_ppo_scaffold import ref_masked_mean, ref_response_log_probs
+
 from rlhf_course.rlhf_ppo import (FixedKLController, RLHFConfig, critic_free_update, distributed, logprob_targets,
                                   make_rlhf_state, ppo_update)
 
@@ -27,26 +31,6 @@ ALGOS = ("ppo", "rloo", "grpo")
 
 class IdTokenizer:
     pad_token_id, eos_token_id = 31, 30
-
-
-def ref_response_log_probs(logits, input_ids, context_length, temperature=1.0):
-    logp = torch.log_softmax(logits[:, context_length - 1:-1] / temperature, dim=-1)
-    return logp.gather(-1, input_ids[:, context_length:, None])[..., 0]
-
-
-def ref_masked_mean(x, mask):
-    return float(np.asarray(x)[np.asarray(mask) > 0].mean())
-
-
-def ref_grpo_loss(log_probs, old_log_probs, ref_log_probs, advantages, mask, clip_eps, beta, aggregation):
-    """PPO's clipped surrogate per token plus beta * k3, averaged per response, then over responses."""
-    assert aggregation == "sequence-mean"
-    rho = (log_probs - old_log_probs).exp()
-    a = advantages.unsqueeze(1)
-    pg = -torch.minimum(rho * a, rho.clamp(1 - clip_eps, 1 + clip_eps) * a)
-    d = ref_log_probs - log_probs
-    per_token = (pg + beta * (d.exp() - d - 1)) * mask
-    return (per_token.sum(1) / mask.sum(1)).mean()
 
 
 def fixed_rollout(B=8, ctx=3, R=5, V=32):

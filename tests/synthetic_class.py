@@ -89,7 +89,7 @@ def _write_class(root: Path, assignment: str, students: dict[str, dict[str, str]
     write("stub", None)
     expect["stub"] = {"score": 0.0, "status": "ok"}
     deps = _depends(assignment, notebook)
-    micro_runs = set(graded_cells(assignment, notebook)) - {c for cells in owners.values() for c in cells}
+    micro_runs = set(micro_run_cells(assignment, notebook))
     for student, bugs in students.items():
         bodies = dict(correct)
         for cell, name in bugs.items():
@@ -129,6 +129,12 @@ def owned_test_cells(assignment: str, notebook: str) -> dict[str, list[str]]:
         elif meta.get("grade") and current is not None:
             owners[current].append(meta["grade_id"])
     return owners
+
+
+def micro_run_cells(assignment: str, notebook: str) -> list[str]:
+    """grade_ids of the graded test cells no function owns: the micro-runs (any mistake may cost them)."""
+    owned = {c for cells in owned_test_cells(assignment, notebook).values() for c in cells}
+    return [c for c in graded_cells(assignment, notebook) if c not in owned]
 
 
 def graded_cells(assignment: str, notebook: str) -> list[str]:

@@ -6,8 +6,9 @@ dark and 375 px light from a local origin (http://book.test/, answered from the 
 DevTools protocol, 404 for a missing file), and 375 px dark from file://, as a reader who opens the folder
 gets it. A page with saved widgets is loaded all four ways; every other page at 1280 px light and at 375 px
 (light over http and dark from file:// on alternate pages), and every third one at 1280 px dark too
-(combos_for): each page at both widths, each way on at least a third of the pages, for 60 % of the loads. Each load waits for the load event, MathJax's startup promise, the saved widgets and the fonts (no
-fixed sleeps), then checks:
+(combos_for): each page at both widths, each way on at least a third of the pages, for 60 % of the loads.
+Each load waits for the load event, MathJax's startup promise, the saved widgets and the fonts (no fixed
+sleeps), then checks:
 
 - the ☰ a reader can see opens the table of contents (375 px: a drawer that Escape closes; 1280 px: the
   sidebar hides and comes back), and the page-contents button, where shown, opens the page's contents;
@@ -438,6 +439,8 @@ def combos_for(index: int, html_text: str) -> list[tuple[int, str, str]]:
     if "application/vnd.jupyter.widget-view+json" in html_text:
         return list(COMBOS)
     return [COMBOS[0], *([COMBOS[1]] if index % 3 == 0 else []), COMBOS[2] if index % 2 == 0 else COMBOS[3]]
+
+
 WORKERS = int(os.environ.get("BROWSER_TABS", "2"))   # pages loaded side by side, one tab each
 
 

@@ -15,8 +15,8 @@ from autograder import SOLUTIONS, load_config
 from autograder.course import ConfigNotLoaded
 from conftest import REPO, autograder, read_grades, run
 from notebook_text import hidden_test_lines, leaked, visible_text
-from synthetic_class import (class_modules, graded_cells, load_class, make_bad_files_class, make_combined_wrong_class,
-                             make_wrong_class, owned_test_cells, solution_bodies, stub, write_submission)
+from synthetic_class import (class_modules, load_class, make_bad_files_class, make_combined_wrong_class, make_wrong_class,
+                             micro_run_cells, solution_bodies, stub, write_submission)
 
 ASSIGNMENT = NOTEBOOK = "rlhf_update_rules"
 
@@ -56,16 +56,21 @@ def _check(expect, rows):
             wrong.append(f"{student}: message {row['message']!r} lacks {want['message']!r}")
         lost = re.findall(r"(\w+) \([\d.]+/[\d.]+\)", row["message"].split("lost points in", 1)[-1]) \
             if "lost points in" in row["message"] else []
-        for mistake, cells in want.get("lose_in", {}).items():
-            if not set(cells) & set(lost):
-                wrong.append(f"{student}: mistake {mistake} lost no points in its own test cells {cells} "
-                             f"(lost: {lost})")
-        # The points policy each notebook states: a mistake costs points in its own function's tests, in
-        # those of a function whose answer calls it, and in micro-runs, never in another function's tests.
-        if "may_lose_in" in want and set(lost) - want["may_lose_in"]:
-            wrong.append(f"{student}: lost points in {sorted(set(lost) - want['may_lose_in'])}, the tests of "
-                         "functions it has no mistake in")
+        wrong += _points_policy(student, want, set(lost))
     assert not wrong, "\n".join(wrong)
+
+
+def _points_policy(student: str, want: dict, lost: set[str]) -> list[str]:
+    """What is wrong with the test cells a student lost: each mistake must cost points in its own function's
+    test cells (`lose_in`); and, the policy each notebook states, a mistake costs points in its own
+    function's tests, in those of a function whose answer calls it, and in micro-runs, never in another
+    function's tests (`may_lose_in`)."""
+    wrong = [f"{student}: mistake {mistake} lost no points in its own test cells {cells} (lost: {sorted(lost)})"
+             for mistake, cells in want.get("lose_in", {}).items() if not set(cells) & lost]
+    if "may_lose_in" in want and lost - want["may_lose_in"]:
+        wrong.append(f"{student}: lost points in {sorted(lost - want['may_lose_in'])}, the tests of functions it "
+                     "has no mistake in")
+    return wrong
 
 
 def test_scores_and_messages(graded):
@@ -160,8 +165,7 @@ def chapter_mistakes(chapter_students):
 
     def check(assignment):
         notebook = getattr(load_class(assignment), "NOTEBOOK", assignment)
-        owned = {c for cells in owned_test_cells(assignment, notebook).values() for c in cells}
-        micro_runs = [c for c in graded_cells(assignment, notebook) if c not in owned]
+        micro_runs = micro_run_cells(assignment, notebook)
         students = [s for s in everyone[assignment] if s != "stub"]
         argv = [sys.executable, REPO / "tests/mistakes.py", assignment, notebook, built / assignment, *students,
                 *(["--skip", *micro_runs] if micro_runs else [])]
@@ -188,14 +192,7 @@ def test_every_mistake_fails_its_own_test_cells(assignment, chapter_students, ch
         if "lose_in" not in want:
             continue
         assert "__error__" not in results[student], f"{student}: {results[student]['__error__']}"
-        lost = {g for g, why in results[student].items() if why}
-        for mistake, cells in want["lose_in"].items():
-            if not set(cells) & lost:
-                wrong.append(f"{student}: mistake {mistake} fails none of its own test cells {cells} "
-                             f"(failed: {sorted(lost)})")
-        if lost - want["may_lose_in"]:
-            wrong.append(f"{student}: fails {sorted(lost - want['may_lose_in'])}, the tests of functions it has "
-                         "no mistake in")
+        wrong += _points_policy(student, want, {g for g, why in results[student].items() if why})
     assert not wrong, "\n".join(wrong)
 
 
