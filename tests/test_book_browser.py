@@ -348,7 +348,13 @@ def _check_toggles(tab, survey: Survey, page: str, where: str, width: int, thoro
         if not tab.evaluate("window.__probe.waitFor('toc', false, 3000)", await_promise=True):
             survey.findings.append(Finding(page, "toggle", "Escape does not close the table of contents", where))
     else:
-        again = tab.evaluate("window.__probe.toggles()")["primary"]   # the article header moved left with it
+        # The article header moves left with the sidebar: read where ☰ is once it has stopped moving (two
+        # reads 50 ms apart agree), or a click on a busy machine lands where it was mid-transition.
+        again = tab.evaluate("""new Promise((resolve) => { const t0 = performance.now(); let last = null;
+            (function poll() { const now = window.__probe.toggles().primary;
+              const key = JSON.stringify(now.map((b) => [b.x, b.y]));
+              if (key === last || performance.now() - t0 > 3000) resolve(now);
+              else { last = key; setTimeout(poll, 50); } })(); })""", await_promise=True, timeout=10)
         if not again:
             survey.findings.append(Finding(page, "toggle", "no ☰ left to bring the sidebar back", where))
             return
