@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from rlhf_course.rlhf_ppo import clipped_step, sampling_log_softmax, use_fast_kernels
+from rlhf_course.rlhf_ppo import clipped_step, keep_freed_memory, sampling_log_softmax, use_fast_kernels
 
 
 @dataclass
@@ -78,6 +78,8 @@ class DPOState:
 def make_dpo_state(cfg: DPOConfig, policy: nn.Module, tokenizer) -> DPOState:
     """The policy (trained in place: pass a copy to keep the original), a frozen copy as π_ref, Adam."""
     torch.set_num_threads(cfg.torch_threads)
+    if next(policy.parameters()).device.type == "cpu":
+        keep_freed_memory()
     use_fast_kernels(policy).train(False)              # dropout is 0 anyway; keep it that way
     ref_policy = copy.deepcopy(policy)
     for p in ref_policy.parameters():
@@ -110,6 +112,7 @@ def sequence_log_probs(model: nn.Module, ids: torch.Tensor, response_mask: torch
     those positions only, gathered into one (n, H) matrix (n = the batch's response tokens): GPT-2's head
     is a 50,257 × 768 matrix, and the prompt's and the padding's positions do not need it.
     """
+    from rlhf_course import fast_gpt2
     from rlhf_course.tiny_lm import position_ids_from_mask
 
     T_len = int(attention_mask.sum(1).max())                 # trim the batch to its longest row
@@ -118,7 +121,7 @@ def sequence_log_probs(model: nn.Module, ids: torch.Tensor, response_mask: torch
                               position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (N, T, H)
     predicts = response_mask[:, 1:] > 0                                                  # (N, T − 1)
     row = predicts.nonzero()[:, 0]                                                       # (n,) each one's row
-    logits = model.get_output_embeddings()(hidden[:, :-1][predicts])                     # (n, V)
+    logits = fast_gpt2.lm_head(model.get_output_embeddings(), hidden[:, :-1][predicts])  # (n, V)
     logp = sampling_log_softmax(logits, temperature, pad_id)                             # (n, V)
     tok = logp.gather(-1, ids[:, 1:][predicts][:, None]).squeeze(-1)                     # (n,)
     return torch.zeros(ids.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, row, tok)

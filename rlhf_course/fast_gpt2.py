@@ -98,6 +98,20 @@ def hidden_states(trunk, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     return trunk.ln_f(x)
 
 
+def lm_head(head, hidden: torch.Tensor) -> torch.Tensor:
+    """(N, E) hidden states -> (N, V) logits of a bias-free LM head: ``head(hidden)``, on a CPU as (W hᵀ)ᵀ.
+
+    The same product with the operands swapped. For GPT-2's 50,257 × 768 head, MKL runs (V × E) @ (E × N)
+    about 1.5× faster than (N × E) @ (E × V)ᵀ (272 rows: 118 vs 183 ms on 2 threads; 16 rows: 21 vs 28 ms).
+    The result is the transpose of a contiguous (V, N) matrix, so (N, V) with strides (1, N): a
+    reduction over the vocabulary wants a contiguous copy first (``rlhf_ppo.sampling_logits`` makes
+    its float32 copy contiguous). On a GPU, or for a head with a bias, ``head(hidden)``.
+    """
+    if hidden.device.type != "cpu" or hidden.dim() != 2 or getattr(head, "bias", None) is not None:
+        return head(hidden)
+    return (head.weight @ hidden.t()).t()
+
+
 def _forward(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,
              position_ids=None, inputs_embeds=None, use_cache=None, **kwargs):
     """GPT2Model.forward through ``hidden_states``; what it does not cover goes to transformers."""

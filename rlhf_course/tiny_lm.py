@@ -510,7 +510,7 @@ def generate_responses(model, tokenizer, prompts: list[str] | torch.Tensor, max_
                         past_key_values=past, use_cache=True)
             past = out.past_key_values
             hidden = out.last_hidden_state[:, -1]                        # (B, H) at position ctx - 1 + t
-        logits = head(hidden).float()                                    # (B, V)
+        logits = fast_gpt2.lm_head(head, hidden).float().contiguous()    # (B, V)
         if return_logits:
             step_logits[:, t] = logits
         if return_hidden:

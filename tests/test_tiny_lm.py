@@ -251,6 +251,78 @@ def test_the_samplers_logits_and_hidden_states_are_a_full_forwards(tiny):
     torch.testing.assert_close(out["hidden"][real], hidden[:, :-1][real], rtol=1e-4, atol=1e-4)
 
 
+def test_lm_head_is_the_heads_product_and_sampling_logits_copy_it_contiguous():
+    """fast_gpt2.lm_head computes head(hidden) as (W hᵀ)ᵀ on a CPU: the same numbers, transposed in
+    memory; sampling_logits turns that into contiguous float32 logits with the pad at −inf, and the
+    gradient reaches the head's weight and the hidden states as through head(hidden)."""
+    from rlhf_course.fast_gpt2 import lm_head
+    from rlhf_course.rlhf_ppo import sampling_logits
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(7, 16, requires_grad=True)
+    logits = lm_head(head, hidden)
+    torch.testing.assert_close(logits, head(hidden))
+    assert logits.stride() == (1, 7)                       # the transpose of a (V, N) product
+    out = sampling_logits(logits, pad_id=3)
+    assert out.is_contiguous() and out.dtype == torch.float32 and torch.isneginf(out[:, 3]).all()
+    assert torch.isfinite(logits).all()                    # the input is not changed
+    weights = torch.randn(7, 50)
+    weights[:, 3] = 0.0
+    grads = torch.autograd.grad((out.masked_fill(torch.isinf(out), 0) * weights).sum(), (head.weight, hidden))
+    expected = torch.autograd.grad((head(hidden) * weights).sum(), (head.weight, hidden))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+    with_bias = torch.nn.Linear(16, 50)                    # a head with a bias is left to itself
+    torch.testing.assert_close(lm_head(with_bias, hidden), with_bias(hidden))
+    assert lm_head(with_bias, hidden).is_contiguous()
+
+
+def test_response_logits_are_the_models_own_logits(tiny):
+    """response_logits (the head on R + 1 positions, as lm_head) equals transformers' full logits there."""
+    from rlhf_course.rlhf_ppo import response_logits
+
+    model, tok = tiny
+    out = generate_responses(model, tok, tw.sample_prompts(6, seed=8), max_new_tokens=10, seed=2)
+    qr, am, ctx = out["query_response"], out["attention_mask"], out["context_length"]
+    with torch.no_grad():
+        full = model(input_ids=qr, attention_mask=am, position_ids=position_ids_from_mask(am)).logits
+        logits, _ = response_logits(model, qr, am, ctx)
+    torch.testing.assert_close(logits, full[:, ctx - 1:], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_reuses_freed_blocks_instead_of_faulting_them_in_again():
+    """Rounds of the same large temporaries (as training iterations allocate): with glibc's defaults
+    every round maps them afresh and faults in every page again (the control, ≈ 37,000 faults a
+    round); after keep_freed_memory() the heap stops growing and later rounds reuse its pages."""
+    code = textwrap.dedent("""
+        import resource, sys, torch
+        from rlhf_course.rlhf_ppo import keep_freed_memory
+        if sys.argv[1] == "keep":
+            assert keep_freed_memory()
+        faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        w = torch.randn(512, 512)
+        per_round = []
+        for _ in range(8):
+            before = faults()
+            x = torch.ones(8 * 2**20)                  # 32 MB, 64 MB and 8 MB temporaries a round
+            y = (x * 2).repeat(2)
+            z = torch.randn(4096, 512) @ w
+            s = [str(k) * 10 for k in range(2000)]     # and small objects in between
+            del x, y, z, s
+            per_round.append(faults() - before)
+        print(sum(per_round[3:]))                      # the last 5 rounds
+    """)
+    faults = {}
+    for mode in ("default", "keep"):
+        proc = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        faults[mode] = int(proc.stdout.split()[-1])
+    assert faults["default"] > 5 * 20_000, faults          # ≥ 80 MB of fresh pages a round
+    assert faults["keep"] < faults["default"] / 4, faults
+
+
 # ------------------------------------------------------------------ load_policy
 def test_load_policy_offline_falls_back_to_tiny(tiny, tmp_path):
     """With an empty Hugging Face cache, "gpt2" and "auto" fall back to the tiny LM with a message."""
