@@ -39,6 +39,22 @@ class KVCache:
         self.shape = (batch_size, trunk.config.n_head, max_length, trunk.config.n_embd // trunk.config.n_head)
         self.keys: list = [None] * trunk.config.n_layer
         self.values: list = [None] * trunk.config.n_layer
+        self.transposed: dict = {}                  # Conv1D -> its weight as (out, in), for decode steps
+
+    def decode_linear(self, conv, x: torch.Tensor) -> torch.Tensor:
+        """A GPT-2 Conv1D (x W + b, W stored (in, out)) on the few rows of one decoding step, on a CPU.
+
+        Computed as (Wᵀ xᵀ + b)ᵀ with Wᵀ copied contiguous once per sampling call: with 16 rows, MKL
+        streams the weights about 1.7× faster that way (GPT-2 small's 12 layers: 32 vs 54 ms a step
+        on 2 threads). Same numbers up to summation order; the result is (rows, out), transposed in
+        memory.
+        """
+        weight_t = self.transposed.get(conv)
+        if weight_t is None:
+            weight_t = self.transposed[conv] = conv.weight.detach().t().contiguous()
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch.addmm(conv.bias[:, None], weight_t, rows.t()).t()                        # (rows, out)
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store (B, H, T, D) keys and values at [length, length + T); return all keys and values so far."""
@@ -82,17 +98,22 @@ def hidden_states(trunk, input_ids: torch.Tensor, attention_mask: torch.Tensor |
         mask, causal = None, offset == 0                        # no padding: the fused causal kernel
     else:
         mask, causal = _mask(attention_mask, T, offset), False
+    # one token per row, no gradient, fp32 on a CPU: a decoding step, whose products are memory-bound
+    # (under bf16 autocast, oneDNN's bf16 kernels are slower on the transposed operands: 0.88 vs 0.65 s)
+    decode = (cache is not None and T == 1 and input_ids.device.type == "cpu" and not torch.is_grad_enabled()
+              and not torch.is_autocast_enabled("cpu"))
+    linear = cache.decode_linear if decode else (lambda conv, z: conv(z))
     for layer, block in enumerate(trunk.h):
         attn = block.attn
-        q, k, v = attn.c_attn(block.ln_1(x)).split(E, dim=2)                                 # (B, T, E) each
+        q, k, v = linear(attn.c_attn, block.ln_1(x)).split(E, dim=2)                         # (B, T, E) each
         q, k, v = (z.view(B, T, H, D).transpose(1, 2) for z in (q, k, v))                 # (B, H, T, D)
         if cache is not None:
             k, v = cache.write(layer, k, v)                                                # (B, H, S, D)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                            scale=attn.scaling)                              # (B, H, T, D)
-        x = x + attn.c_proj(y.transpose(1, 2).reshape(B, T, E))
+        x = x + linear(attn.c_proj, y.transpose(1, 2).reshape(B, T, E))
         mlp = block.mlp
-        x = x + mlp.c_proj(mlp.act(mlp.c_fc(block.ln_2(x))))
+        x = x + linear(mlp.c_proj, mlp.act(linear(mlp.c_fc, block.ln_2(x))))
     if cache is not None:
         cache.length += T
     return trunk.ln_f(x)
