@@ -261,7 +261,7 @@ def keep_freed_memory() -> bool:
     154 MB head gradient, every activation). By default glibc hands blocks above its mmap threshold
     straight back to the kernel when they are freed, and trims the heap's top beyond 128 KB; the next
     allocation asks the kernel again, which maps and zeroes every 4 KB page on its first touch. On the
-    GPT-2 small benchmark that was 1.5 M page faults and over 2 s of kernel time per 10 s iteration.
+    GPT-2 small benchmark that was about 1.3 M page faults and 2 s of kernel CPU time per 10 s iteration.
     With mmap off (M_MMAP_MAX = 0) and trimming beyond 2 GB only (M_TRIM_THRESHOLD), freed blocks are
     reused: the process keeps its peak heap (≈ 10 % more resident memory here). Process-wide, like
     ``torch.set_num_threads``; a no-op where the C library has no ``mallopt`` (macOS, Windows).
