@@ -276,7 +276,9 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):                          # not glibc (or no symbol table)
         return False
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4                      # from glibc's <malloc.h>
-    return bool(mallopt(M_MMAP_MAX, 0)) & bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    mmap_off = mallopt(M_MMAP_MAX, 0)                           # both set, whatever the first returns
+    trim_late = mallopt(M_TRIM_THRESHOLD, 2**31 - 1)            # an int argument: 2 GB is its largest
+    return bool(mmap_off and trim_late)
 
 
 def clipped_step(optimizer: torch.optim.Optimizer, params: list, max_grad_norm: float) -> None:
