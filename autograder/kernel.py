@@ -122,7 +122,8 @@ class VerifiedExecute(Execute):
             self.records[grade_id] = records
             return cell, resources
         why = verify.disagreement(self.plan["cells"].get(grade_id) or [], records,
-                                  values=grade_id not in self.plan.get("structure_only", []))
+                                  values=grade_id not in self.plan.get("structure_only", []),
+                                  structure_names=self.plan.get("structure_names", []))
         if why and not any(o.get("output_type") == "error" for o in cell.outputs):
             cell.outputs.append(_error("OutsideCheckError", f"the grader's own check of this cell failed: {why}"))
         return cell, resources

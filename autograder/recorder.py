@@ -26,7 +26,8 @@ MAX_ELEMENTS = 4096     # arrays up to this size are sent whole, larger ones as 
 SAMPLES = 256           # evenly spaced elements in a summary
 MAX_ITEMS = 64          # items of a list, tuple or dict
 
-_state = {"names": [], "modules": [], "setup": [], "snapshot": None, "wrapped": {}, "records": [], "depth": 0}
+_state = {"names": [], "modules": [], "setup": [], "snapshot": None, "wrapped": {}, "records": [], "depth": 0,
+          "tensor_types": None}
 
 
 # ------------------------------------------------------------------ encoding values as plain data
@@ -63,6 +64,10 @@ def encode(x, depth: int = 0):
         if isinstance(x, np.generic) and x.dtype.kind in "biuf":
             return {"t": "f", "v": float(x)}
     if mod.startswith("torch") and type(x).__name__ in ("Tensor", "Parameter"):
+        if type(x) not in _tensor_types():
+            # a subclass posing as a tensor (its __module__ and name are its author's to choose): its
+            # __torch_function__ can make torch.allclose say anything in the kernel, so it is not a result
+            return {"t": "obj", "type": type(x).__name__}
         t = x.detach()
         if not (t.is_floating_point() or t.dtype.is_signed or str(t.dtype) in ("torch.bool", "torch.uint8")):
             return {"t": "obj", "type": "Tensor"}
@@ -75,6 +80,15 @@ def encode(x, depth: int = 0):
         items = list(x.items())[:MAX_ITEMS]
         return {"t": "dict", "items": {str(k): encode(v, depth + 1) for k, v in items}, "len": len(x)}
     return {"t": "obj", "type": type(x).__name__}
+
+
+def _tensor_types() -> tuple:
+    """torch's own tensor classes, as ``install`` found them (before any student code ran)."""
+    if _state["tensor_types"] is None:
+        import torch
+
+        _state["tensor_types"] = (torch.Tensor, torch.nn.Parameter)
+    return _state["tensor_types"]
 
 
 def _state_of(obj) -> dict:
@@ -250,6 +264,8 @@ def install(names: list[str], modules: list[str], setup: list[str] = ()) -> None
     run again before each test cell) and the kernel's pristine state."""
     _state.update(names=list(names), modules=list(modules), setup=list(setup), snapshot=_snapshot(modules),
                   records=[])
+    if any(m.split(".")[0] == "torch" for m in modules):
+        _tensor_types()
 
 
 def begin() -> None:

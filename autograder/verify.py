@@ -20,11 +20,16 @@ records of a cell are compared with the trusted ones:
   cell that calls the function. Calls whose inputs differ after the first are skipped: in a training
   micro-run, float rounding of a correct answer moves later inputs.
 
+The calls of a graded ``torch.nn.Module`` (chapter 3's RewardModel: its ``__init__`` and ``forward``)
+are compared by structure in every cell: its outputs depend on the random initial weights of the layers
+the student chose to build, in the order they built them, so no value of the solution's run is the
+student's to match; its calls must still happen, on the test's inputs, with results of the right shape,
+and a gradient where the solution's had one.
+
 A cell that disagrees, or whose records never came back (the cell was rewritten, skipped, swallowed,
 or the kernel died), gets an error output, so nbgrader scores it 0 whatever the kernel said. Cells
-whose solution run calls no recordable graded function (a ``torch.nn.Module`` of the student's, such
-as chapter 3's RewardModel, is not recorded: its weights depend on the order its layers were built in)
-are scored by the kernel alone; ``outside_share`` says how many points are checked here, and how.
+whose solution run calls no graded function are scored by the kernel alone; ``outside_share`` says how
+many points are checked here, and how.
 """
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ import nbformat
 from autograder import recorder
 from autograder.course import graded_cells, is_answer_cell, nbgrader_meta
 
-FORMAT = 1
+FORMAT = 2                    # 2: graded torch modules are recorded too
 RTOL = 1e-3                   # loose on purpose: a forged or wrong value is off by far more than rounding
 ATOL = 1e-6
 ATOL_SCALE = 1e-4             # plus this fraction of the array's largest magnitude
@@ -58,9 +63,8 @@ def _is_module_class(node: ast.ClassDef) -> bool:
     return any("Module" in ast.unparse(base) for base in node.bases)
 
 
-def graded_names(nb) -> list[str]:
-    """Top-level functions and classes defined in a notebook's solution cells (not torch modules)."""
-    names = []
+def _answer_definitions(nb):
+    """The top-level ``def``s and classes of a notebook's solution cells, public names only."""
     for cell in nb.cells:
         if not is_answer_cell(cell):
             continue
@@ -69,10 +73,19 @@ def graded_names(nb) -> list[str]:
         except SyntaxError:
             continue
         for node in tree.body:
-            if isinstance(node, ast.FunctionDef) or (isinstance(node, ast.ClassDef) and not _is_module_class(node)):
-                if not node.name.startswith("_") and node.name not in names:
-                    names.append(node.name)
-    return names
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                yield node
+
+
+def graded_names(nb) -> list[str]:
+    """Top-level functions and classes defined in a notebook's solution cells, torch modules included."""
+    return list(dict.fromkeys(node.name for node in _answer_definitions(nb)))
+
+
+def module_classes(nb) -> list[str]:
+    """The graded names that are ``torch.nn.Module`` classes: their calls are compared by structure only."""
+    return list(dict.fromkeys(node.name for node in _answer_definitions(nb)
+                              if isinstance(node, ast.ClassDef) and _is_module_class(node)))
 
 
 def imported_modules(nb) -> list[str]:
@@ -261,12 +274,19 @@ def _call_disagrees(t: dict, s: dict, values: bool) -> str | None:
     return None
 
 
-def disagreement(trusted: list[dict], student, values: bool = True) -> str | None:
+def _owner(name: str) -> str:
+    """The graded name a record belongs to: ``RewardModel`` for ``RewardModel.forward``."""
+    return name.split(".", 1)[0]
+
+
+def disagreement(trusted: list[dict], student, values: bool = True,
+                 structure_names: tuple[str, ...] | list[str] = ()) -> str | None:
     """One line on why a cell's student records disagree with the trusted ones; None when they agree.
 
-    Says which graded function and which of its calls, never the values (they may be hidden tests').
-    Whether a call changed its inputs is not compared: the cells that grade it do so themselves, and a
-    mutation would otherwise cost the points of every cell that calls the function.
+    ``values=False`` compares the structure of every call; ``structure_names`` (graded torch modules)
+    that of their own calls only. Says which graded function and which of its calls, never the values
+    (they may be hidden tests'). Whether a call changed its inputs is not compared: the cells that grade
+    it do so themselves, and a mutation would otherwise cost the points of every cell that calls it.
     """
     if not trusted:
         return None
@@ -274,6 +294,7 @@ def disagreement(trusted: list[dict], student, values: bool = True) -> str | Non
         return "the cell's calls of the graded functions could not be read back from the kernel"
     ours = _by_name(student)
     for name, calls in _by_name(trusted).items():
+        by_value = values and _owner(name) not in structure_names
         theirs = ours.get(name, [])
         if len(theirs) < len(calls):
             return (f"{name} was called {len(theirs)} time(s) while the cell ran, where the tests call it "
@@ -281,11 +302,11 @@ def disagreement(trusted: list[dict], student, values: bool = True) -> str | Non
         for i, (t, s) in enumerate(zip(calls, theirs)):
             # In a property cell the inputs may follow from the student's earlier answers (a micro-run
             # trains the model the student's SFT made): only their shape must be the test's.
-            if not same(t["args"], s.get("args"), values=values):
+            if not same(t["args"], s.get("args"), values=by_value):
                 if i == 0:
                     return f"the first call of {name} did not receive the test's inputs"
                 continue
-            why = _call_disagrees(t, s, values)
+            why = _call_disagrees(t, s, by_value)
             if why:
                 return f"call {i + 1} of {name} {why}"
     return None
@@ -319,11 +340,14 @@ def outside_share(plan: dict, nb) -> tuple[float, float, float]:
     for grade_id, cell in graded_cells(nb).items():
         points = float(nbgrader_meta(cell).get("points", 0))
         total += points
-        if plan["cells"].get(grade_id):
-            if grade_id in plan.get("structure_only", []):
-                structure += points
-            else:
+        records = plan["cells"].get(grade_id)
+        if records:
+            by_value = grade_id not in plan.get("structure_only", []) and \
+                any(_owner(r["name"]) not in plan.get("structure_names", []) for r in records)
+            if by_value:
                 values += points
+            else:
+                structure += points
     return values, structure, total
 
 
@@ -346,7 +370,8 @@ def record_plan(solution: Path, run_notebook) -> dict:
     solution = Path(solution)
     nb = nbformat.read(solution, as_version=4)
     plan = {"names": graded_names(nb), "modules": imported_modules(nb), "setup": setup_cells(nb), "cells": {},
-            "structure_only": sorted(property_cells(solution.parent.name))}
+            "structure_only": sorted(property_cells(solution.parent.name)),
+            "structure_names": module_classes(nb)}
     with tempfile.TemporaryDirectory(prefix="autograder-trusted-") as tmp:
         workdir = Path(tmp) / solution.parent.name
         shutil.copytree(solution.parent, workdir)

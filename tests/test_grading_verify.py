@@ -111,6 +111,42 @@ def test_exceptions_mutation_gradients_and_state():
                                                                           state={"beta": recorder.encode(0.5)})])
 
 
+def test_a_graded_torch_module_is_compared_by_structure_in_every_cell():
+    # its values follow from the random initial weights of the layers its author chose to build
+    ids = torch.tensor([[3, 4, 5]])
+    trusted = [rec("RewardModel.forward", (ids,), torch.tensor([0.25])), rec("f", (1.0,), 2.0)]
+    other_head = [rec("RewardModel.forward", (ids,), torch.tensor([-1.5])), rec("f", (1.0,), 2.0)]
+    assert disagreement(trusted, other_head, structure_names=["RewardModel"]) is None
+    assert "returned a different value" in disagreement(trusted, other_head)       # the control
+    # ... but it must be called, on the test's inputs, with a result of the right shape and a gradient
+    assert "another shape or kind" in disagreement(
+        trusted, [rec("RewardModel.forward", (ids,), torch.zeros(1, 1)), rec("f", (1.0,), 2.0)],
+        structure_names=["RewardModel"])
+    assert "did not receive the test's inputs" in disagreement(
+        trusted, [rec("RewardModel.forward", (ids[:, :2],), torch.zeros(1)), rec("f", (1.0,), 2.0)],
+        structure_names=["RewardModel"])
+    assert "RewardModel.forward was called 0 time(s)" in disagreement(trusted, [rec("f", (1.0,), 2.0)],
+                                                                      structure_names=["RewardModel"])
+    with_grad = [rec("RewardModel.forward", (ids,), torch.ones(1, requires_grad=True) * 2)]
+    assert "without a gradient" in disagreement(with_grad, [rec("RewardModel.forward", (ids,), torch.ones(1))],
+                                                structure_names=["RewardModel"])
+    # the other graded functions of the same cell are still compared by value
+    assert "call 1 of f returned a different value" in disagreement(
+        trusted, [trusted[0], rec("f", (1.0,), 3.0)], structure_names=["RewardModel"])
+
+
+def test_outside_share_counts_a_cell_of_module_calls_alone_as_structure():
+    import nbformat
+
+    cells = [nbformat.v4.new_code_cell("", metadata={"nbgrader": {"grade": True, "grade_id": gid, "points": pts}})
+             for gid, pts in (("rm", 2), ("mixed", 3), ("prop", 4), ("none", 5))]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    forward, f = rec("RewardModel.forward", (1,), 1.0), rec("f", (1,), 1.0)
+    plan = {"cells": {"rm": [forward], "mixed": [forward, f], "prop": [f], "none": []},
+            "structure_only": ["prop"], "structure_names": ["RewardModel"]}
+    assert verify.outside_share(plan, nb) == (3.0, 6.0, 14.0)
+
+
 def test_every_property_cell_is_a_test_cell_of_its_assignment():
     import nbformat
 
@@ -172,7 +208,7 @@ def test_the_trusted_runs_are_announced_before_they_start(tmp_path, monkeypatch,
     assert "outside check" not in capsys.readouterr().err
 
 
-def test_graded_names_skip_torch_modules_and_private_helpers():
+def test_graded_names_skip_private_helpers_and_know_the_torch_modules():
     import nbformat
 
     nb = nbformat.v4.new_notebook()
@@ -181,7 +217,8 @@ def test_graded_names_skip_torch_modules_and_private_helpers():
     nb.cells = [nbformat.v4.new_code_cell(code, metadata={"nbgrader": {"solution": True, "grade_id": "a"}}),
                 nbformat.v4.new_code_cell("def g():\n    pass", metadata={"nbgrader": {"grade": True}}),
                 nbformat.v4.new_code_cell("import torch\nfrom rlhf_course.checks import x")]
-    assert verify.graded_names(nb) == ["f", "Ctl"]
+    assert verify.graded_names(nb) == ["f", "Ctl", "RewardModel"]
+    assert verify.module_classes(nb) == ["RewardModel"]
     modules = verify.imported_modules(nb)
     assert {"torch", "torch.testing", "rlhf_course.checks", "math"} <= set(modules)
 
@@ -253,3 +290,56 @@ def test_the_recorder_restores_the_kernel_and_records_top_level_calls(kernel):
     # after the cell the names are the student's own functions again
     reply, _ = _run(kc, "assert not hasattr(double, '__autograder_original__')")
     assert reply["status"] == "ok"
+
+
+def test_the_recorder_records_a_torch_module_called_like_one(kernel):
+    # nn.Module.__call__ looks `forward` up on the class, where the recorder wraps it: a module called as
+    # model(x), inside a training loop or not, is recorded like a function
+    kc = kernel
+    reply, _ = _run(kc, "", silent=True, expressions={"i": verify.install_expression(["Scorer"], ["torch"])})
+    assert reply["user_expressions"]["i"]["status"] == "ok", reply
+    _run(kc, "import torch\nfrom torch import nn\n"
+             "class Scorer(nn.Module):\n    def __init__(self, n):\n        super().__init__()\n"
+             "        self.head = nn.Linear(n, 1)\n"
+             "    def forward(self, x):\n        return self.head(x).squeeze(-1)\n")
+    _run(kc, "", silent=True, expressions={"b": verify.BEGIN_EXPRESSION})
+    reply, errors = _run(kc, "m = Scorer(4)\nm(torch.ones(3, 4)).sum().backward()\n"
+                             "with torch.no_grad():\n    m(torch.zeros(2, 4))\n")
+    assert reply["status"] == "ok", errors
+    records = _end(kc)
+    assert [r["name"] for r in records] == ["Scorer.__init__", "Scorer.forward", "Scorer.forward"]
+    first, second = records[1]["result"], records[2]["result"]
+    assert first["shape"] == [3] and first["grad"] is True and second["shape"] == [2] and second["grad"] is False
+    assert records[1]["args"]["items"][0]["items"][0]["shape"] == [3, 4]
+    reply, _ = _run(kc, "assert not hasattr(Scorer.forward, '__autograder_original__')")
+    assert reply["status"] == "ok"
+
+
+def test_a_tensor_subclass_that_lies_to_torch_is_not_a_result(kernel):
+    # A forward that returns wrong scores as a tensor subclass whose __torch_function__ answers True to
+    # torch.allclose passes the cell in the kernel; posing as torch.Tensor (name and __module__), it
+    # would pass a comparison of shapes too. Outside, it is no tensor: the cell earns nothing.
+    kc = kernel
+    cell = ("m = Scorer()\nwith torch.no_grad():\n    s = m(torch.ones(3, 4))\n"
+            "assert s.shape == (3,) and torch.allclose(s, torch.full((3,), 7.0))\n")
+    honest = ("class Scorer(nn.Module):\n    def forward(self, x):\n        return x.sum(-1) + 3\n")
+    cheat = ("class Tensor(torch.Tensor):\n"
+             "    @classmethod\n    def __torch_function__(cls, func, types, args=(), kwargs=None):\n"
+             "        if func is torch.allclose:\n            return True\n"
+             "        return super().__torch_function__(func, types, args, kwargs or {})\n"
+             "Tensor.__module__ = 'torch'\n"
+             "class Scorer(nn.Module):\n    def forward(self, x):\n"
+             "        return (x[:, 0] * 0).as_subclass(Tensor)\n")
+    runs = {}
+    for name, source in (("honest", honest), ("cheat", cheat)):
+        reply, _ = _run(kc, "", silent=True, expressions={"i": verify.install_expression(["Scorer"], ["torch"])})
+        assert reply["user_expressions"]["i"]["status"] == "ok", reply
+        _run(kc, "import torch\nfrom torch import nn\n" + source)
+        _run(kc, "", silent=True, expressions={"b": verify.BEGIN_EXPRESSION})
+        reply, errors = _run(kc, cell)
+        assert reply["status"] == "ok", (name, errors)            # the kernel believes both
+        runs[name] = _end(kc)
+    forward = [r for r in runs["cheat"] if r["name"] == "Scorer.forward"]
+    assert forward[0]["result"] == {"t": "obj", "type": "Tensor"}
+    assert disagreement(runs["honest"], runs["honest"], structure_names=["Scorer"]) is None
+    assert "another shape or kind" in disagreement(runs["honest"], runs["cheat"], structure_names=["Scorer"])
