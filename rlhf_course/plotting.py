@@ -64,3 +64,49 @@ def use_course_style() -> None:
     """Set matplotlib defaults: Okabe–Ito colour cycle, fonts ≥ 9 pt, light grid; SVG in notebooks."""
     mpl.rcParams.update(COURSE_RC)
     _inline_svg()
+
+
+PANEL_WIDTH_IN = 3.4    # two panels and a gap fill the 7 in column; on a phone each takes a whole row
+
+
+def panels_html(figs, alt) -> str:
+    """An HTML row of figures, one SVG image per panel, that wraps to a column on a narrow screen.
+
+    figs: n matplotlib figures (about ``PANEL_WIDTH_IN`` wide each); alt: n alt texts, one per panel.
+    Each image keeps its natural size while the row has room (text stays ≥ 9 pt), so a 375-px phone
+    shows the panels one under the other instead of shrinking both to half size. The images are data
+    URIs: the page and the notebook need no other file.
+    """
+    import base64
+    import html
+    import io
+
+    figs, alt = list(figs), list(alt)
+    if not figs or len(alt) != len(figs):
+        raise ValueError(f"panels_html: one alt text per figure, got {len(figs)} figure(s) and {len(alt)} alt text(s)")
+    if any(not str(text).strip() for text in alt):
+        raise ValueError("panels_html: every panel needs an alt text that says what it shows")
+    images = []
+    for fig, text in zip(figs, alt):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+        data = base64.b64encode(buf.getvalue()).decode("ascii")
+        images.append(f'<img class="course-panel" src="data:image/svg+xml;base64,{data}" '
+                      f'alt="{html.escape(str(text), quote=True)}">')
+    return '<div class="course-panels">' + "".join(images) + "</div>"
+
+
+def show_panels(figs, alt) -> None:
+    """Show figures side by side, stacking on a narrow screen (``panels_html``), and close them.
+
+    Use it instead of ``plt.subplots(1, 2)`` when panels sit side by side: in a notebook or the book,
+    the cell's output is one HTML row; a caption and a name given to the cell apply to the whole row.
+    """
+    import matplotlib.pyplot as plt
+    from IPython.display import HTML, display
+
+    figs = list(figs)
+    row = panels_html(figs, alt)
+    for fig in figs:
+        plt.close(fig)
+    display(HTML(row))

@@ -15,7 +15,9 @@ sleeps), then checks:
 - no console error, no failed request (an HTTP error or a network error), no request that leaves the book;
 - every formula is typeset, every saved widget drawn, every visible icon drawn from a font that loaded;
 - the colour scheme follows the reader's system setting; one top bar and one search field on screen;
-- at 375 px, nothing makes the page scroll sideways.
+- at 375 px, nothing makes the page scroll sideways;
+- panels shown side by side (rlhf_course.show_panels) keep at least 90 % of their size, so they stack on a
+  phone, and share a line two by two where the column holds two.
 
 Once per page (1280 px, light): axe-core (tests/vendor/axe-core) finds no serious or critical violation,
 every image has alt text, no formula is a Tab stop (unless it scrolls), every Tab stop shows a focus ring.
@@ -57,7 +59,7 @@ BLOCKING_IMPACTS = ("serious", "critical")
 # people fix. (page glob, check, key glob) -> who fixes it and what is wrong. The check is a Finding's: "axe"
 # (key: the rule id), "failed" / "external" (the URL, without http://book.test/), "console" (the message),
 # "alt" / "focus-ring" / "icons" / "overflow" (the element), "toggle", "math", "widgets", "layout", "theme",
-# "keyboard". Remove an entry when its cause is fixed: test_known_exceptions_are_still_needed fails on an
+# "keyboard", "panels". Remove an entry when its cause is fixed: test_known_exceptions_are_still_needed fails on an
 # entry that matches nothing.
 # =============================================================================================================
 KNOWN: dict[tuple[str, str, str], str] = {}
@@ -174,6 +176,28 @@ window.__probe = (() => {
       }
       // Report only the outermost culprits: their children stick out with them.
       return {width, scroll, culprits: culprits.slice(0, 8)};
+    },
+    // Panels side by side (rlhf_course.show_panels): each at 90 % of its own size or more (its 9.5-pt
+    // text stays above 8.5 pt), so on a phone they stack; in a column that holds two, two share a line.
+    panels() {
+      const rows = [...document.querySelectorAll("div.course-panels")].filter(visible);
+      const problems = [];
+      rows.forEach((row, i) => {
+        const imgs = [...row.querySelectorAll("img.course-panel")];
+        const rects = imgs.map((img) => img.getBoundingClientRect());
+        imgs.forEach((img, k) => {
+          if (!img.naturalWidth) problems.push(`row ${i + 1}, panel ${k + 1}: not drawn`);
+          else if (rects[k].width < 0.9 * img.naturalWidth)
+            problems.push(`row ${i + 1}, panel ${k + 1}: ${Math.round(rects[k].width)} px wide, ` +
+                          `${Math.round(100 * rects[k].width / img.naturalWidth)} % of its ${img.naturalWidth} px`);
+        });
+        const lines = new Set(rects.map((r) => Math.round(r.top))).size;
+        const pairs = row.getBoundingClientRect().width >= 2 * 300 + 8;
+        if (pairs && lines > Math.ceil(imgs.length / 2))
+          problems.push(`row ${i + 1}: ${imgs.length} panels on ${lines} lines in a ` +
+                        `${Math.round(row.getBoundingClientRect().width)}-px column that holds two to a line`);
+      });
+      return {rows: rows.length, problems};
     },
     images() {
       return [...document.querySelectorAll("img")].filter(
@@ -293,6 +317,7 @@ class Survey:
     loads: int = 0
     search: dict = field(default_factory=dict)
     browser: str = ""
+    panel_rows: dict = field(default_factory=dict)   # width ("375", "1280") -> rows of panels seen
 
     def unknown(self, check: str) -> list[Finding]:
         return [f for f in self.findings if f.check == check and not f.known()]
@@ -382,6 +407,10 @@ def _check_render(tab, survey: Survey, page: str, where: str, scheme: str, repor
                                                      "formulas typeset", where))
     for raw in state["rawTex"]:
         survey.findings.append(Finding(page, "math", f"raw LaTeX {raw!r} left on the page", where))
+    panels = tab.evaluate("window.__probe.panels()")
+    survey.panel_rows[where.split()[0]] = survey.panel_rows.get(where.split()[0], 0) + panels["rows"]
+    for problem in panels["problems"]:
+        survey.findings.append(Finding(page, "panels", problem, where))
     if state["widgetViews"] and state["widgetsRendered"] < state["widgetViews"]:
         survey.findings.append(Finding(page, "widgets", f"{state['widgetsRendered']} of {state['widgetViews']} "
                                                         "saved widgets rendered", where))
@@ -703,6 +732,11 @@ def test_no_horizontal_overflow_at_375px(survey):
     _fail_on(survey, "overflow", "elements wider than a 375 px phone")
 
 
+def test_panels_keep_their_size_stacking_on_a_phone_and_pairing_on_a_desktop(survey):
+    assert survey.panel_rows.get("375") and survey.panel_rows.get("1280"), survey.panel_rows   # seen at both
+    _fail_on(survey, "panels", "rows of panels shrunk or not paired")
+
+
 def test_axe_finds_no_serious_or_critical_violation(survey):
     _fail_on(survey, "axe", "serious or critical axe-core violations")
 
@@ -764,6 +798,7 @@ BROKEN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <mjx-container tabindex="0">x</mjx-container>
 <img src="data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==">
 <div style="width: 900px">too wide</div>
+<div class="course-panels"><img class="course-panel" alt="a" style="width: 150px" src="data:image/svg+xml;base64,{svg}"><img class="course-panel" alt="b" style="width: 150px" src="data:image/svg+xml;base64,{svg}"></div>
 <button class="primary-toggle" style="outline: none">☰</button>
 <p>\\(x^2\\)</p>
 </main></body></html>"""
@@ -773,7 +808,10 @@ def test_the_browser_checks_can_fail(tmp_path):
     """A page with each fault the survey looks for is reported with each of them."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "broken.html").write_text(BROKEN_PAGE)
+    import base64
+
+    svg = base64.b64encode(b'<svg xmlns="http://www.w3.org/2000/svg" width="326" height="300"></svg>').decode()
+    (site / "broken.html").write_text(BROKEN_PAGE.replace("{svg}", svg))
     survey = Survey()
     with Browser() as browser:
         tab = browser.new_tab(site_root=site)
@@ -789,7 +827,9 @@ def test_the_browser_checks_can_fail(tmp_path):
     assert any("already been declared" in f.key for f in survey.findings if f.check == "console"), survey.findings
     assert any("cdn.example.com" in f.key for f in survey.findings if f.check == "external"), survey.findings
     assert over["scroll"] > over["width"] and over["culprits"], over
-    assert {"toggle", "alt", "axe", "math", "focus-ring", "theme", "layout", "icons", "keyboard"} <= checks, checks
+    assert {"toggle", "alt", "axe", "math", "focus-ring", "theme", "layout", "icons", "keyboard", "panels"} <= checks, \
+        checks
+    assert any("150 px wide, 46 % of its 326 px" in f.key for f in survey.findings if f.check == "panels")
     assert "image-alt" in report.axe
 
 

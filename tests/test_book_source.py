@@ -135,8 +135,9 @@ FONTSIZE = re.compile(r"fontsize=([\d.]+)")
 SUBPLOTS = re.compile(r"subplots\(\s*\d+\s*,\s*(\d+)|\bncols\s*=\s*(\d+)")
 
 
-def line_figure_problems(lines) -> list[str]:
-    """For (where, line of code) pairs: figure code the 672-px column would shrink, or text below 9 pt."""
+def line_figure_problems(lines, max_columns: int = 2) -> list[str]:
+    """For (where, line of code) pairs: figure code the 672-px column would shrink, text below 9 pt, or
+    more than ``max_columns`` panels side by side in one image."""
     problems = []
     for where, line in lines:
         for width in FIGSIZE.findall(line):
@@ -146,14 +147,18 @@ def line_figure_problems(lines) -> list[str]:
             if float(size) < MIN_FONT_PT:
                 problems.append(f"{where}: fontsize={size} is below {MIN_FONT_PT} pt")
         for cols in filter(None, (c for pair in SUBPLOTS.findall(line) for c in pair)):
-            if int(cols) > 2:
-                problems.append(f"{where}: {cols} panels side by side (at most 2: stack the rest)")
+            if int(cols) > max_columns:
+                problems.append(f"{where}: {cols} panels side by side in one image "
+                                + ("(at most 2: stack the rest)" if max_columns > 1 else
+                                   "(a phone shrinks them to half its width: draw one figure per panel and "
+                                   "show them with rlhf_course.show_panels, which stacks them on a phone)"))
     return problems
 
 
 def figure_problems(markdown: str) -> list[str]:
-    """Figure code on a MyST page that the 672-px column would shrink, or with text below 9 pt once shown."""
-    return line_figure_problems((f"line {n}", line) for n, line in code_lines(markdown))
+    """Figure code on a MyST page that the 672-px column would shrink, with text below 9 pt, or with panels
+    side by side in one image (unreadable on a phone: the book uses show_panels for those)."""
+    return line_figure_problems(((f"line {n}", line) for n, line in code_lines(markdown)), max_columns=1)
 
 
 def notebook_figure_problems(notebook: dict) -> list[str]:
@@ -185,11 +190,17 @@ def test_the_figure_check_can_fail():
             "```\n"
             "Prose about figsize=(20, 3) is not code.\n")
     problems = figure_problems(page)
-    assert len(problems) == 3, problems
+    assert len(problems) == 4, problems
     assert "14 in wide" in problems[0] or "14 in wide" in problems[1]
     assert any("3 panels" in p for p in problems) and any("fontsize=8.5" in p for p in problems)
-    assert figure_problems("```python\nfig, axes = plt.subplots(nrows=2, ncols=3)\n```\n") == \
-        ["line 2: 3 panels side by side (at most 2: stack the rest)"]
+    # on a book page, two panels side by side in one image are too many: show_panels stacks them on a phone
+    assert any(p.startswith("line 4: 2 panels") and "show_panels" in p for p in problems)
+    assert figure_problems("```python\nfig, axes = plt.subplots(nrows=2, ncols=3)\n```\n")[0].startswith(
+        "line 2: 3 panels side by side in one image")
+    assert figure_problems("```python\nfig, axes = plt.subplots(3, 1, figsize=(6.4, 7))\n```\n") == []
+    # a notebook (read on a laptop) may still put two side by side
+    lines = [("l1", "fig, axes = plt.subplots(1, 2, figsize=(7, 3))"), ("l2", "plt.subplots(ncols=3)")]
+    assert line_figure_problems(lines) == ["l2: 3 panels side by side in one image (at most 2: stack the rest)"]
 
 
 # The exercise notebooks: solutions/ is their only hand-written copy (exercises/ is generated from it and
@@ -224,7 +235,7 @@ def test_the_notebook_figure_check_can_fail():
     notebook = json.loads(nbformat.writes(nbformat.v4.new_notebook(cells=cells)))   # sources as lists of lines
     problems = notebook_figure_problems(notebook)
     assert problems == ["cell 2 (plot-microrun) line 2: figure 15 in wide, the column holds 7.0",
-                        "cell 2 (plot-microrun) line 2: 4 panels side by side (at most 2: stack the rest)",
+                        "cell 2 (plot-microrun) line 2: 4 panels side by side in one image (at most 2: stack the rest)",
                         "cell 2 (plot-microrun) line 3: figure 11 in wide, the column holds 7.0",
                         "cell 2 (plot-microrun) line 4: fontsize=8 is below 9.0 pt"], problems
     notebook["cells"] = notebook["cells"][:2]

@@ -59,3 +59,47 @@ def test_course_style_sets_okabe_ito_cycle():
     colours = [c["color"] for c in mpl.rcParams["axes.prop_cycle"]]
     assert colours[:3] == [PALETTE["blue"], PALETTE["orange"], PALETTE["green"]]
     mpl.rcdefaults()
+
+
+def test_panels_html_is_one_row_of_svg_images_each_with_its_alt_text():
+    import base64
+    import html as html_lib
+    import re
+
+    import matplotlib.pyplot as plt
+
+    from rlhf_course.plotting import PANEL_WIDTH_IN, panels_html
+
+    figs = []
+    for title in ("left", "right"):
+        fig, ax = plt.subplots(figsize=(PANEL_WIDTH_IN, 3.4))
+        ax.plot([0, 1], [0, 1])
+        ax.set_title(title)
+        figs.append(fig)
+    row = panels_html(figs, alt=["the left panel", 'the "right" one'])
+    assert row.startswith('<div class="course-panels">') and row.endswith("</div>")
+    images = re.findall(r'<img class="course-panel" src="data:image/svg\+xml;base64,([^"]+)" alt="([^"]*)">', row)
+    assert [html_lib.unescape(alt) for _, alt in images] == ["the left panel", 'the "right" one']
+    svg = base64.b64decode(images[1][0]).decode()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+    # the width the panel is shown at: 3.4 in plus what a tight box adds, so two fit the 672-px column
+    width_pt = float(re.search(r'<svg[^>]*width="([\d.]+)pt"', svg).group(1))
+    assert 2 * width_pt * 4 / 3 + 8 <= 700, width_pt
+    with pytest.raises(ValueError, match="one alt text per figure"):
+        panels_html(figs, alt=["only one"])
+    with pytest.raises(ValueError, match="needs an alt text"):
+        panels_html(figs, alt=["fine", "  "])
+    for fig in figs:
+        plt.close(fig)
+
+
+def test_show_panels_displays_one_html_output_and_closes_the_figures(monkeypatch):
+    import matplotlib.pyplot as plt
+    from IPython import display as ipy_display
+
+    shown = []
+    monkeypatch.setattr(ipy_display, "display", lambda obj: shown.append(obj))
+    figs = [plt.subplots(figsize=(3.4, 3))[0] for _ in range(3)]
+    rlhf_course.show_panels(iter(figs), alt=["a", "b", "c"])
+    assert len(shown) == 1 and shown[0]._repr_html_().count("<img") == 3
+    assert not set(plt.get_fignums()) & {f.number for f in figs}
