@@ -274,9 +274,11 @@ def _call_disagrees(t: dict, s: dict, values: bool) -> str | None:
     return None
 
 
-def _owner(name: str) -> str:
-    """The graded name a record belongs to: ``RewardModel`` for ``RewardModel.forward``."""
-    return name.split(".", 1)[0]
+def _by_value(name: str, values: bool, structure_names) -> bool:
+    """Are the calls of graded function ``name`` (``RewardModel.forward``: its class's name first)
+    compared by value? Not in a cell that grades a property (``values=False``), nor for a graded
+    torch module (``structure_names``)."""
+    return values and name.split(".", 1)[0] not in structure_names
 
 
 def disagreement(trusted: list[dict], student, values: bool = True,
@@ -294,7 +296,7 @@ def disagreement(trusted: list[dict], student, values: bool = True,
         return "the cell's calls of the graded functions could not be read back from the kernel"
     ours = _by_name(student)
     for name, calls in _by_name(trusted).items():
-        by_value = values and _owner(name) not in structure_names
+        by_value = _by_value(name, values, structure_names)
         theirs = ours.get(name, [])
         if len(theirs) < len(calls):
             return (f"{name} was called {len(theirs)} time(s) while the cell ran, where the tests call it "
@@ -342,9 +344,8 @@ def outside_share(plan: dict, nb) -> tuple[float, float, float]:
         total += points
         records = plan["cells"].get(grade_id)
         if records:
-            by_value = grade_id not in plan.get("structure_only", []) and \
-                any(_owner(r["name"]) not in plan.get("structure_names", []) for r in records)
-            if by_value:
+            values_cell = grade_id not in plan.get("structure_only", [])
+            if any(_by_value(r["name"], values_cell, plan.get("structure_names", [])) for r in records):
                 values += points
             else:
                 structure += points
