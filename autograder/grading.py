@@ -158,9 +158,10 @@ def _prepare_outside_check(config, names: list[str], course_dir: Path, sandboxed
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(json.dumps(plan), encoding="utf-8")
         if progress:
-            values, structure, total = outside_share(plan, nbformat.read(path, as_version=4))
+            values, replayed, structure, total = outside_share(plan, nbformat.read(path, as_version=4))
             print(f"{path.parent.name}/{path.stem}: of {_fmt(total)} points, {_fmt(values)} checked outside the "
-                  f"students' kernels by value, {_fmt(structure)} by the shape of their calls", file=sys.stderr)
+                  f"students' kernels by value, {_fmt(replayed)} by the cells' own assertions run again on "
+                  f"the answers, {_fmt(structure)} by the shape of their calls", file=sys.stderr)
 
 
 _TRUSTED: dict = {}

@@ -20,7 +20,7 @@ from jupyter_core.utils import ensure_async, run_sync
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer, Unicode, default
 
-from autograder import verify
+from autograder import replay, verify
 from autograder.course import test_cell_id
 from autograder.sandbox import KERNEL_NAME, limits_from_env
 
@@ -53,7 +53,8 @@ class VerifiedExecute(Execute):
 
     Before the first cell the recorder (``autograder.recorder``) is loaded into the kernel; around each
     test cell, two silent requests restore the kernel's pristine state and collect the cell's records,
-    which ``autograder.verify`` compares with the solution's. A cell that disagrees gets an error output
+    which ``autograder.verify`` compares with the solution's; in a property cell ``autograder.replay``
+    then runs the cell's assertions again, here, on the answers recorded. A cell that disagrees gets an error output
     (``OutsideCheckError``): nbgrader then scores it 0. With ``record_only`` (the trusted run of the
     solution notebook) the records are kept in ``self.records`` instead.
     """
@@ -124,6 +125,10 @@ class VerifiedExecute(Execute):
         why = verify.disagreement(self.plan["cells"].get(grade_id) or [], records,
                                   values=grade_id not in self.plan.get("structure_only", []),
                                   structure_names=self.plan.get("structure_names", []))
+        source = (self.plan.get("replay") or {}).get(grade_id)
+        if not why and source is not None and not any(o.get("output_type") == "error" for o in cell.outputs):
+            failed = replay.run(source, self.plan.get("setup", []), self.plan["names"], records)
+            why = failed and f"its assertions, run again outside the kernel on the answers it recorded: {failed}"
         if why and not any(o.get("output_type") == "error" for o in cell.outputs):
             cell.outputs.append(_error("OutsideCheckError", f"the grader's own check of this cell failed: {why}"))
         return cell, resources

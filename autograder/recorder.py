@@ -21,13 +21,15 @@ import sys
 
 from IPython import get_ipython
 
-MAX_CALLS = 16          # records kept per graded function per cell (a micro-run calls some thousands of times)
+MAX_CALLS = 1024        # records kept per graded function per cell (a micro-run calls some thousands of times)
+FIRST_CALLS = 16        # ... of which these are kept whatever the cell's budget below
+MAX_CELL_ELEMENTS = 2**18   # numbers in the arguments of one cell's records, past its first calls of each
 MAX_ELEMENTS = 4096     # arrays up to this size are sent whole, larger ones as a summary
 SAMPLES = 256           # evenly spaced elements in a summary
 MAX_ITEMS = 64          # items of a list, tuple or dict
 
 _state = {"names": [], "modules": [], "setup": [], "snapshot": None, "wrapped": {}, "records": [], "depth": 0,
-          "tensor_types": None}
+          "elements": 0, "tensor_types": None}
 
 
 # ------------------------------------------------------------------ encoding values as plain data
@@ -75,7 +77,10 @@ def encode(x, depth: int = 0):
         out["grad"] = bool(x.requires_grad)
         return out
     if type(x) in (list, tuple):
-        return {"t": "list", "items": [encode(v, depth + 1) for v in x[:MAX_ITEMS]], "len": len(x)}
+        out = {"t": "list", "items": [encode(v, depth + 1) for v in x[:MAX_ITEMS]], "len": len(x)}
+        if type(x) is tuple:
+            out["tuple"] = True       # for the grader's replay: `a, b = f(x)` works either way, isinstance not
+        return out
     if type(x) is dict:
         items = list(x.items())[:MAX_ITEMS]
         return {"t": "dict", "items": {str(k): encode(v, depth + 1) for k, v in items}, "len": len(x)}
@@ -103,17 +108,44 @@ def _state_of(obj) -> dict:
 
 
 # ------------------------------------------------------------------ recording calls
+def _size(enc) -> int:
+    """How many numbers an encoded value holds."""
+    if isinstance(enc, dict):
+        if "data" in enc:
+            return len(enc["data"])
+        if "summary" in enc:
+            return len(enc["summary"]["samples"])
+        return sum(_size(v) for v in (enc.get("items") or {}).values()) if enc.get("t") == "dict" else \
+            sum(_size(v) for v in enc.get("items") or [])
+    return 1
+
+
 def _record(name: str, args, kwargs, call, self=None):
-    """Call `call()`, recording its inputs and its result or exception."""
+    """Call `call()`, recording its inputs and its result or exception.
+
+    The first FIRST_CALLS calls of each graded function in a cell are kept; later ones up to MAX_CALLS while
+    the arguments kept so far hold at most MAX_CELL_ELEMENTS numbers. The budget counts arguments only: they
+    are the test's, so a solution's run and a student's stop keeping records at the same call.
+    """
     s = _state
-    if s["depth"] > 0 or sum(r["name"] == name for r in s["records"]) >= MAX_CALLS:
+    kept = sum(r["name"] == name for r in s["records"])
+    if s["depth"] > 0 or kept >= MAX_CALLS or (kept >= FIRST_CALLS and s["elements"] > MAX_CELL_ELEMENTS):
         return call()          # nested calls belong to the call that made them; enough calls kept
-    rec = {"name": name, "args": encode([list(args), kwargs])}
+    encoded = encode([list(args), kwargs])
+    if kept >= FIRST_CALLS:
+        s["elements"] += _size(encoded)
+        if s["elements"] > MAX_CELL_ELEMENTS:     # the budget is spent: no later call past its first is kept
+            return call()
+    rec = {"name": name, "args": encoded}
     s["depth"] += 1
     try:
         result = call()
     except BaseException as exc:
         rec["raised"] = [c.__name__ for c in type(exc).__mro__]
+        try:
+            rec["message"] = str(exc)[:500]       # tests check what the message says (the value given)
+        except Exception:
+            rec["message"] = ""
         raise
     else:
         rec["result"] = encode(result)
@@ -272,7 +304,7 @@ def begin() -> None:
     """Before a test cell: pristine state, graded functions wrapped, no records."""
     _unwrap()
     _restore()
-    _state["records"], _state["depth"] = [], 0
+    _state["records"], _state["depth"], _state["elements"] = [], 0, 0
     _wrap(get_ipython().user_ns, _state["names"])
 
 

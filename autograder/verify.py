@@ -26,6 +26,9 @@ the student chose to build, in the order they built them, so no value of the sol
 student's to match; its calls must still happen, on the test's inputs, with results of the right shape,
 and a gradient where the solution's had one.
 
+In a property cell, ``autograder.replay`` then runs the cell's own assertions again in the grader on the
+submission's recorded answers, where its records allow it (``plan["replay"]``).
+
 A cell that disagrees, or whose records never came back (the cell was rewritten, skipped, swallowed,
 or the kernel died), gets an error output, so nbgrader scores it 0 whatever the kernel said. Cells
 whose solution run calls no graded function are scored by the kernel alone; ``outside_share`` says how
@@ -47,7 +50,7 @@ import nbformat
 from autograder import recorder
 from autograder.course import graded_cells, is_answer_cell, nbgrader_meta
 
-FORMAT = 2                    # 2: graded torch modules are recorded too
+FORMAT = 3                    # 2: graded torch modules are recorded too; 3: property cells replayed
 RTOL = 1e-3                   # loose on purpose: a forged or wrong value is off by far more than rounding
 ATOL = 1e-6
 ATOL_SCALE = 1e-4             # plus this fraction of the array's largest magnitude
@@ -110,19 +113,34 @@ def imported_modules(nb) -> list[str]:
     return sorted(found)
 
 
+def _constant(node: ast.AST) -> bool:
+    """A literal, or arithmetic on literals and ``math`` functions of them (``LN2 = math.log(2)``)."""
+    try:
+        ast.literal_eval(node)
+        return True
+    except ValueError:
+        pass
+    if isinstance(node, ast.BinOp):
+        return _constant(node.left) and _constant(node.right)
+    if isinstance(node, ast.UnaryOp):
+        return _constant(node.operand)
+    if isinstance(node, ast.Attribute):          # math.pi
+        return isinstance(node.value, ast.Name) and node.value.id == "math"
+    if isinstance(node, ast.Call):
+        return (isinstance(node.func, ast.Attribute) and _constant(node.func) and not node.keywords
+                and all(_constant(a) for a in node.args))
+    return False
+
+
 def _defines_only(tree: ast.Module) -> bool:
-    """A cell of imports, definitions, asserts and literal constants: safe and cheap to run again."""
+    """A cell of imports, definitions, asserts and constants: safe and cheap to run again."""
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef, ast.Assert)):
             continue
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
             continue
-        if isinstance(node, ast.Assign):
-            try:
-                ast.literal_eval(node.value)
-                continue
-            except ValueError:
-                pass
+        if isinstance(node, ast.Assign) and _constant(node.value):
+            continue
         return False
     return True
 
@@ -330,15 +348,16 @@ def property_cells(assignment: str) -> dict[str, str]:
 def plan_key(solution: Path) -> str:
     h = hashlib.sha256(f"format {FORMAT}\n".encode())
     h.update(Path(recorder.__file__).read_bytes())
+    h.update(Path(__file__).with_name("replay.py").read_bytes())
     h.update(Path(solution).read_bytes())
     h.update(PROPERTY_CELLS.read_bytes())
     return h.hexdigest()[:24]
 
 
-def outside_share(plan: dict, nb) -> tuple[float, float, float]:
-    """(points whose values are checked outside the kernel, points whose calls' structure is, all points)
-    of a notebook's test cells."""
-    values = structure = total = 0.0
+def outside_share(plan: dict, nb) -> tuple[float, float, float, float]:
+    """(points whose values are checked outside the kernel, points whose assertions are replayed there,
+    points whose calls' structure alone is, all points) of a notebook's test cells."""
+    values = replayed = structure = total = 0.0
     for grade_id, cell in graded_cells(nb).items():
         points = float(nbgrader_meta(cell).get("points", 0))
         total += points
@@ -347,9 +366,11 @@ def outside_share(plan: dict, nb) -> tuple[float, float, float]:
             values_cell = grade_id not in plan.get("structure_only", [])
             if any(_by_value(r["name"], values_cell, plan.get("structure_names", [])) for r in records):
                 values += points
+            elif grade_id in plan.get("replay", {}):
+                replayed += points
             else:
                 structure += points
-    return values, structure, total
+    return values, replayed, structure, total
 
 
 def _cache_file(solution: Path) -> Path:
@@ -381,6 +402,12 @@ def record_plan(solution: Path, run_notebook) -> dict:
         raise RuntimeError(f"the solution {solution.parent.name}/{solution.name} fails its own test cell(s) "
                            f"{', '.join(failed)} when run for the outside check")
     plan["cells"] = records
+    # the property cells whose assertions can run again in the grader on a submission's records
+    from autograder import replay
+
+    sources = {gid: cell.source for gid, cell in graded_cells(nb).items() if gid in plan["structure_only"]}
+    plan["replay"] = {gid: sources[gid] for gid in replay.replayable(sources, plan["setup"], plan["names"],
+                                                                        records)}
     cached = _cache_file(solution)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp_file = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")

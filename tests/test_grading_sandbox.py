@@ -187,6 +187,21 @@ def rlhf_policy_gradient(log_probs, *args, **kwargs):
             "updated_log_probs": np.asarray(log_probs, dtype=float).view(_Liar),
             "mean_reward": np.zeros(()).view(_Liar), "mean_advantage": np.zeros(()).view(_Liar)}
 """ + _LIARS,
+        # answers that are arrays of a class of its own: its __array_function__ makes np.allclose say what
+        # each assertion wants, and posing as numpy's (its __module__) it is recorded as a plain array, whose
+        # shape is right. Only the property cells' assertions, run again outside on the real values, catch it.
+        "array_function": _KEEP_FAKES + """
+import inspect
+import numpy as np
+class _Sly(np.ndarray):
+    def __array_function__(self, func, types, args, kwargs):
+        if func.__name__ in ('allclose', 'isclose', 'array_equal', 'array_equiv'):
+            return 'not ' not in ''.join(inspect.stack()[1].code_context or [])
+        return super().__array_function__(func, types, args, kwargs)
+_Sly.__module__ = 'numpy'
+def rlhf_weight_update(weights, *args, **kwargs):
+    return np.array(weights, dtype=float).view(_Sly)
+""",
         # the solution's records that the outside check compares with: could the kernel read them, it
         # could hand them back as its own
         "trusted_reader": f"""
@@ -283,7 +298,7 @@ def attacked(tmp_path_factory):
 EXPLOITS = ["db_writer", "solutions_reader", "symlink", "background", "network", "fork_bomb", "memory_bomb",
             "writer", "flood", "os_exit", "kill9", "sys_exit", "sigstop", "copier",
             "input_transformer", "ast_transformer", "exception_handlers", "patched_modules", "lying_objects",
-            "recorder_tamper", "trusted_reader"]
+            "array_function", "recorder_tamper", "trusted_reader"]
 
 
 def test_the_honest_student_keeps_full_marks(attacked):
@@ -363,3 +378,15 @@ def test_grading_refuses_without_a_sandbox_unless_told(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = read_grades(tmp_path / "g.csv")["s"]
     assert float(row["score"]) == 0.0 and row["message"].endswith("graded without a sandbox (--no-sandbox)"), row
+
+
+def test_answers_that_lie_to_numpy_fail_where_the_replay_runs_the_assertions_again(attacked):
+    # In the kernel every assertion of the property cell believed the lying arrays, and their shape is
+    # right: the cell fails only because the grader ran its assertions again on the values recorded. (The
+    # exploit's rlhf_policy_gradient is the stub's: its input transformer is gone after the first test cell.)
+    nb = nbformat.read(attacked["root"] / "course" / "autograded" / "array_function" / ASSIGNMENT / f"{NOTEBOOK}.ipynb",
+                       as_version=4)
+    cells = {cell.metadata.get("nbgrader", {}).get("grade_id"): cell for cell in nb.cells}
+    errors = [o for o in cells["test_rlhf_weight_update_invariants"].outputs if o.get("output_type") == "error"]
+    assert [o["ename"] for o in errors] == ["OutsideCheckError"], errors
+    assert "run again outside the kernel on the answers it recorded" in errors[0]["evalue"], errors

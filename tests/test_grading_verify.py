@@ -139,12 +139,14 @@ def test_outside_share_counts_a_cell_of_module_calls_alone_as_structure():
     import nbformat
 
     cells = [nbformat.v4.new_code_cell("", metadata={"nbgrader": {"grade": True, "grade_id": gid, "points": pts}})
-             for gid, pts in (("rm", 2), ("mixed", 3), ("prop", 4), ("none", 5))]
+             for gid, pts in (("rm", 2), ("mixed", 3), ("prop", 4), ("replayed", 6), ("none", 5))]
     nb = nbformat.v4.new_notebook(cells=cells)
     forward, f = rec("RewardModel.forward", (1,), 1.0), rec("f", (1,), 1.0)
-    plan = {"cells": {"rm": [forward], "mixed": [forward, f], "prop": [f], "none": []},
-            "structure_only": ["prop"], "structure_names": ["RewardModel"]}
-    assert verify.outside_share(plan, nb) == (3.0, 6.0, 14.0)
+    plan = {"cells": {"rm": [forward], "mixed": [forward, f], "prop": [f], "replayed": [f], "none": []},
+            "structure_only": ["prop", "replayed"], "structure_names": ["RewardModel"],
+            "replay": {"replayed": "assert f(1) == 1.0"}}
+    # (by value, replayed, by structure, all points)
+    assert verify.outside_share(plan, nb) == (3.0, 6.0, 6.0, 20.0)
 
 
 def test_every_property_cell_is_a_test_cell_of_its_assignment():
@@ -276,13 +278,18 @@ def test_the_recorder_restores_the_kernel_and_records_top_level_calls(kernel):
     assert reply["user_expressions"]["b"]["status"] == "ok", reply
     reply, errors = _run(kc, "assert not np.allclose([1.0], [2.0]) and not math.isclose(1.0, 2.0)\n"
                              "double(np.array([1.0, 2.0]))\nfor k in range(20):\n    double(k)\n"
+                             "for k in range(100):\n    double(np.zeros(4096))\n"
                              "quad(1.0)\nc = Ctl(1.0)\nc.update(3.0)\nassert False, 'shown'")
     # transformers gone, traceback shown, np and its comparisons (down to numpy._core) the real ones again
     assert reply["status"] == "error" and errors == ["AssertionError: shown"], errors
     records = _end(kc)
     names = [r["name"] for r in records]
-    # double: its own calls up to MAX_CALLS (quad's inner calls are quad's, not recorded); the class's methods
-    assert names.count("double") == recorder.MAX_CALLS and names.count("Ctl.update") == 1
+    # double: its own calls (quad's inner calls are quad's, not recorded), the first FIRST_CALLS whatever
+    # their size, then while the arguments past them hold at most MAX_CELL_ELEMENTS numbers (5 small calls,
+    # then arrays of 4,096); the class's methods
+    assert recorder.FIRST_CALLS < 21
+    assert names.count("double") == 21 + (recorder.MAX_CELL_ELEMENTS - 5) // 4096
+    assert names.count("Ctl.update") == 1
     assert records[0]["args"]["items"][0]["items"][0]["data"] == [1.0, 2.0]
     assert records[0]["result"]["data"] == [2.0, 4.0]
     update = next(r for r in records if r["name"] == "Ctl.update")
@@ -343,3 +350,15 @@ def test_a_tensor_subclass_that_lies_to_torch_is_not_a_result(kernel):
     assert forward[0]["result"] == {"t": "obj", "type": "Tensor"}
     assert disagreement(runs["honest"], runs["honest"], structure_names=["Scorer"]) is None
     assert "another shape or kind" in disagreement(runs["honest"], runs["cheat"], structure_names=["Scorer"])
+
+
+def test_set_up_cells_are_the_ones_that_only_import_and_define():
+    import nbformat
+
+    sources = {"helpers": "import math\ndef row(p):\n    return p\nLN2 = math.log(2)\nHALF = -1 / 2 * math.pi",
+               "settings": "PRESET = 'cpu'",                                  # no definition: the student's
+               "work": "import numpy as np\ndata = np.ones(3)",               # runs code: not run again
+               "call": "def f():\n    pass\nX = f()",
+               "numpy_constant": "import numpy as np\nZ = np.log(2)"}
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources.values()])
+    assert verify.setup_cells(nb) == [sources["helpers"]]
