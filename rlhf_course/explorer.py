@@ -14,12 +14,13 @@ and every control shows its whole label and is wide enough to use.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import os
 from typing import Callable
 
 import ipywidgets as widgets
+
+from rlhf_course.plotting import image_html
 
 STATIC_BOOK_ENV = "RLHF_COURSE_STATIC_BOOK"
 CONTROL_WIDTH = "22em"      # label + track + readout; a phone's column holds one control per line
@@ -64,13 +65,13 @@ def figure_html(show: Callable[..., None], values: dict, alt: str | Callable[...
             plt.close(n)
         data = {"image/png": buffer.getvalue()}
     if "image/svg+xml" in data:
-        src = "data:image/svg+xml;base64," + base64.b64encode(data["image/svg+xml"].encode()).decode()
-    else:
+        mime, image = "image/svg+xml", data["image/svg+xml"].encode()
+    else:                                         # the inline backend's PNG comes base64-encoded already
         png = data["image/png"]
-        src = "data:image/png;base64," + (png if isinstance(png, str) else base64.b64encode(png).decode())
+        mime, image = "image/png", base64.b64decode(png) if isinstance(png, str) else png
     text = alt(**values) if callable(alt) else alt.format(**values)
-    return (f'<img src="{src}" alt="{html.escape(text)}" '
-            'style="display: block; max-width: 100%; height: auto; margin: 0.25em 0">')
+    style = 'style="display: block; max-width: 100%; height: auto; margin: 0.25em 0"'
+    return image_html(image, mime, text, style)
 
 
 def _fit(control: widgets.Widget) -> None:

@@ -69,6 +69,20 @@ def use_course_style() -> None:
 PANEL_WIDTH_IN = 3.4    # two panels and a gap fill the 7 in column; on a phone each takes a whole row
 
 
+def image_html(image: bytes, mime: str, alt: str, attrs: str = "") -> str:
+    """One ``<img>`` that carries its picture (a data URI, so the page needs no other file).
+
+    image: the file's bytes; mime: "image/svg+xml" or "image/png"; alt: its alt text (escaped here);
+    attrs: more attributes, written before ``src`` (``'class="course-panel"'``).
+    """
+    import base64
+    import html
+
+    data = base64.b64encode(image).decode("ascii")
+    return (f'<img {attrs + " " if attrs else ""}src="data:{mime};base64,{data}" '
+            f'alt="{html.escape(str(alt), quote=True)}">')
+
+
 def panels_html(figs, alt) -> str:
     """An HTML row of figures, one SVG image per panel, that wraps to a column on a narrow screen.
 
@@ -77,8 +91,6 @@ def panels_html(figs, alt) -> str:
     shows the panels one under the other instead of shrinking both to half size. The images are data
     URIs: the page and the notebook need no other file.
     """
-    import base64
-    import html
     import io
 
     figs, alt = list(figs), list(alt)
@@ -90,10 +102,27 @@ def panels_html(figs, alt) -> str:
     for fig, text in zip(figs, alt):
         buf = io.BytesIO()
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
-        data = base64.b64encode(buf.getvalue()).decode("ascii")
-        images.append(f'<img class="course-panel" src="data:image/svg+xml;base64,{data}" '
-                      f'alt="{html.escape(str(text), quote=True)}">')
+        images.append(image_html(buf.getvalue(), "image/svg+xml", text, 'class="course-panel"'))
     return '<div class="course-panels">' + "".join(images) + "</div>"
+
+
+def share_limits(axes, which: str = "y") -> tuple[float, float]:
+    """Give every axes in ``axes`` the same x or y range, the union of their own; return it.
+
+    Panels drawn as separate figures (``show_panels``) cannot use ``plt.subplots(sharex=True)``: this
+    is the same thing, done after drawing, so that panels compare at a glance.
+    """
+    if which not in ("x", "y"):
+        raise ValueError(f"share_limits: which must be 'x' or 'y', got {which!r}")
+    axes = list(axes)
+    if not axes:
+        raise ValueError("share_limits: no axes given")
+    limits = [getattr(ax, f"get_{which}lim")() for ax in axes]
+    lo = min(min(pair) for pair in limits)
+    hi = max(max(pair) for pair in limits)
+    for ax, (first, last) in zip(axes, limits):
+        getattr(ax, f"set_{which}lim")((hi, lo) if first > last else (lo, hi))   # an inverted axis stays so
+    return lo, hi
 
 
 def show_panels(figs, alt) -> None:

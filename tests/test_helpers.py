@@ -103,3 +103,23 @@ def test_show_panels_displays_one_html_output_and_closes_the_figures(monkeypatch
     rlhf_course.show_panels(iter(figs), alt=["a", "b", "c"])
     assert len(shown) == 1 and shown[0]._repr_html_().count("<img") == 3
     assert not set(plt.get_fignums()) & {f.number for f in figs}
+
+
+def test_share_limits_gives_every_panel_the_union_of_their_ranges():
+    import matplotlib.pyplot as plt
+
+    axes = [plt.subplots(figsize=(3.4, 3))[1] for _ in range(3)]
+    for ax, (lo, hi) in zip(axes, [(0, 1), (-2, 0.5), (0.2, 4)]):
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(10 * lo, 10 * hi)
+    assert rlhf_course.share_limits(axes, "x") == (-2, 4)
+    assert all(ax.get_xlim() == (-2, 4) for ax in axes)
+    assert [ax.get_ylim() for ax in axes] == [(0, 10), (-20, 5), (2, 40)]     # y untouched
+    axes[0].invert_yaxis()                              # an inverted axis stays inverted
+    rlhf_course.share_limits(axes[:2], "y")
+    assert axes[0].get_ylim() == (10, -20) and axes[1].get_ylim() == (-20, 10)
+    with pytest.raises(ValueError, match="'x' or 'y'"):
+        rlhf_course.share_limits(axes, "z")
+    with pytest.raises(ValueError, match="no axes"):
+        rlhf_course.share_limits([], "x")
+    plt.close("all")
