@@ -9,12 +9,13 @@ submission's kernel recorded for the same inputs (or raises the exception it rai
 assertions are then checked on the submission's own answers, outside its kernel: whatever the kernel
 said, the cell earns its points only if they hold here too.
 
-A cell can be replayed only if its graded results are plain data kept whole (no summaries of large
-arrays, no objects), no assertion needs their autograd graph, and all its inputs follow from the test's
-seeds and the graded results (no names from earlier cells). Which cells those are is found, not declared:
+A graded class is replaced by a class whose recorded methods answer the same way, each leaving on the
+object the plain attributes the submission's object had after that call. A cell can be replayed only if
+its graded results are plain data kept whole (no summaries of large arrays, no objects), no assertion
+needs their autograd graph or an object's other parts (a module's parameters), and all its inputs follow
+from the test's seeds and the graded results (no names from earlier cells). Which cells those are is found, not declared:
 ``replayable`` replays each property cell on the solution's own records when the plan is made, and keeps
-those that pass. Micro-runs, gradient checks and the graded torch module's cells stay compared by
-structure.
+those that pass. Micro-runs and gradient checks through autograd stay compared by structure.
 """
 from __future__ import annotations
 
@@ -82,12 +83,12 @@ def _exception(rec: dict) -> BaseException:
     return RuntimeError(message)
 
 
-def _replay_of(name: str, calls: list[dict]):
-    """A stand-in for graded function ``name`` that answers its k-th call with its k-th recorded one: the
-    cell's code is deterministic, so on the same answers it makes the same calls in the same order."""
+def _answers(name: str, calls: list[dict]):
+    """answer(args, kwargs) -> the record of the k-th call of ``name`` at its k-th use: the cell's code is
+    deterministic, so on the same answers it makes the same calls in the same order."""
     done = 0
 
-    def replayed(*args, **kwargs):
+    def answer(args, kwargs) -> dict:
         nonlocal done
         if done >= len(calls):
             raise Unavailable(f"{name} was called more often than its calls were recorded")
@@ -95,12 +96,48 @@ def _replay_of(name: str, calls: list[dict]):
         if not same(rec.get("args"), recorder.encode([list(args), kwargs])):
             # the kernel's run called it otherwise: the answers before this call were not the ones recorded
             raise Unavailable(f"call {done} of {name} had other inputs than in the submission's run")
-        if "raised" in rec:
-            raise _exception(rec)
-        return decode(rec.get("result"))
+        return rec
+
+    return answer
+
+
+def _outcome(rec: dict):
+    if "raised" in rec:
+        raise _exception(rec)
+    return decode(rec.get("result"))
+
+
+def _replay_of(name: str, calls: list[dict]):
+    """A stand-in for graded function ``name`` that answers from its recorded ``calls``."""
+    answer = _answers(name, calls)
+
+    def replayed(*args, **kwargs):
+        return _outcome(answer(args, kwargs))
 
     replayed.__name__ = name
     return replayed
+
+
+def _class_replay_of(name: str, by_name: dict[str, list[dict]]) -> type:
+    """A stand-in for graded class ``name``: each recorded method (``__init__``, ``update``, ``forward``,
+    which ``model(x)`` reaches as for a torch module) answers from its records, and leaves on the object
+    the plain attributes the submission's object had after that call."""
+    def method(attr: str, answer):
+        def replayed(self, *args, **kwargs):
+            rec = answer(args, kwargs)
+            state = rec.get("state")
+            for key, value in (state.items() if isinstance(state, dict) else ()):
+                setattr(self, key, decode(value))
+            return _outcome(rec)
+        replayed.__name__ = attr
+        return replayed
+
+    prefix = name + "."
+    body = {key[len(prefix):]: method(key[len(prefix):], _answers(key, calls))
+            for key, calls in by_name.items() if key.startswith(prefix)}
+    if "forward" in body:
+        body["__call__"] = body["forward"]
+    return type(name, (), body)
 
 
 @contextlib.contextmanager
@@ -144,7 +181,10 @@ def run(source: str, setup: list[str], names: list[str], records) -> str | None:
         for cell in setup:
             exec(compile(cell, "<the notebook's set-up cell>", "exec"), ns)
         for name in names:
-            ns[name] = _replay_of(name, by_name.get(name, []))
+            if any(key.startswith(name + ".") for key in by_name):
+                ns[name] = _class_replay_of(name, by_name)
+            else:
+                ns[name] = _replay_of(name, by_name.get(name, []))
         try:
             exec(compile(source, "<the test cell, replayed>", "exec"), ns)
         except Unavailable as exc:
@@ -159,8 +199,6 @@ def replayable(cells: dict[str, str], setup: list[str], names: list[str], truste
     quickly: the cells a submission's records are replayed for."""
     out = []
     for grade_id, source in cells.items():
-        if "." in "".join(r.get("name", "") for r in trusted.get(grade_id) or []):
-            continue                       # a graded class's methods: objects, not replayable values
         start = time.perf_counter()
         try:
             ok = run(source, setup, names, trusted.get(grade_id) or []) is None

@@ -110,14 +110,28 @@ def test_the_replay_leaves_the_graders_process_as_it_was(capsys):
     assert (np.random.random(), torch.rand(1).item()) == (expected_np, expected_torch)
 
 
+def test_a_graded_class_answers_from_its_methods_records_and_keeps_their_attributes():
+    source = ("c = Ctl(1.0)\nc.update(3.0)\nassert c.value == 3.0\n"
+              "m = Scorer(2)\nassert np.allclose(m(np.ones(2)), [0.5])\n")
+    records = [{"name": "Ctl.__init__", "args": recorder.encode([[1.0], {}]), "result": None,
+                "state": {"value": 1.0}},
+               {"name": "Ctl.update", "args": recorder.encode([[3.0], {}]), "result": None, "state": {"value": 3.0}},
+               rec("Scorer.__init__", [2]),
+               rec("Scorer.forward", [np.ones(2)], np.array([0.5]))]       # model(x) reaches forward
+    names = ["Ctl", "Scorer"]
+    assert replay.run(source, ["import numpy as np"], names, records) is None
+    records[1] = {**records[1], "state": {"value": 2.0}}
+    assert replay.run(source, ["import numpy as np"], names, records) is not None
+
+
 def test_only_cells_whose_replay_passes_on_the_solutions_records_are_replayed():
     x = np.array([1.0, -2.0])
     trusted = {"ok": [rec("double", [x], 2 * x), rec("double", [2 * x], 4 * x)],
                "needs_an_earlier_cell": [rec("double", [x], 2 * x)],
-               "a_class": [rec("Ctl.update", [1.0], None)],
+               "a_module's_parameters": [rec("Ctl.__init__", [1.0])],
                "no_calls": []}
     cells = {"ok": CELL, "needs_an_earlier_cell": "assert np.allclose(double(data), 2 * data)",
-             "a_class": "Ctl(1.0).update(1.0)", "no_calls": "assert True"}
+             "a_module's_parameters": "assert len(list(Ctl(1.0).parameters())) == 2", "no_calls": "assert True"}
     assert replay.replayable(cells, ["import numpy as np"], ["double", "Ctl"], trusted) == ["ok"]
 
 
@@ -140,10 +154,13 @@ def _shift(enc):
 
 
 def _wrong(records):
-    """The solution's records with every answer wrong: values moved, and no exception where one was raised."""
+    """The solution's records with every answer wrong: values moved (results, and an object's attributes
+    after a method call), and no exception where one was raised."""
     out = []
     for r in records:
         r = {k: v for k, v in r.items() if k not in ("raised", "message")}
+        if r.get("state"):
+            r["state"] = {k: _shift(v) for k, v in r["state"].items()}
         out.append({**r, "result": _shift(r.get("result"))})
     return out
 
