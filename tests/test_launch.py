@@ -289,6 +289,30 @@ def test_pages_workflow_builds_and_deploys_the_book_for_this_repository():
     assert workflow["jobs"]["deploy"]["permissions"] == {"pages": "write", "id-token": "write"}
 
 
+@pytest.mark.parametrize("repository, event, ref, refused", [
+    ("{owner_name}", "push", "{branch}", None),                         # this repository: deploys
+    ("{owner_name}", "pull_request", "a-feature", None),                 # a pull request builds, never deploys
+    ("someone/fork", "push", "{branch}", "repository.url is"),          # a fork that kept the setting
+    ("{owner_name}", "push", "other", "repository.branch is"),          # a push of another branch
+])
+def test_the_workflows_own_repository_check_runs_and_refuses_another_repository(repository, event, ref, refused):
+    # The step's shell script itself, with the values GitHub would put in its ${{ ... }} expressions.
+    workflow = yaml.safe_load((REPO / ".github/workflows/book.yml").read_text())
+    step = next(s for s in workflow["jobs"]["build"]["steps"] if "from autograder.launch import repository" in
+                s.get("run", ""))
+    owner_name = REPO_SETTING.url.removeprefix("https://github.com/")
+    values = {"github.server_url": "https://github.com",
+              "github.repository": repository.format(owner_name=owner_name),
+              "github.event_name": event, "github.ref_name": ref.format(branch=REPO_SETTING.branch)}
+    script = re.sub(r"\$\{\{\s*([\w.]+)\s*\}\}", lambda m: values[m.group(1)], step["run"])
+    script = script.replace(".venv/bin/python", sys.executable)
+    proc = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    if refused is None:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    else:
+        assert proc.returncode == 1 and f"::error file=_config.yml::{refused}" in proc.stdout, proc.stdout
+
+
 def test_make_serve_serves_the_built_book_and_installs_nothing():
     dry = subprocess.run(["make", "-n", "serve"], cwd=REPO, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
