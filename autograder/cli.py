@@ -5,6 +5,7 @@
     python -m autograder grade SUBMISSIONS_DIR   # nbgrader autograde (kernels sandboxed) + feedback + grades.csv
     python -m autograder merge SHARD_DIRS...     # the course dirs of `grade --shard K/N` -> one CSV + gradebook
     python -m autograder report grades.csv       # pass rates per test cell, common failures, histograms, LMS CSV
+    python -m autograder inline-mathjax          # feedback pages carry MathJax, for nbgrader release_feedback
     python -m autograder notebooks [--check]     # book/**/<page>.md -> the .ipynb its launch buttons open
     python -m autograder export-student DIR      # the repository students clone: no solutions, no grading
 """
@@ -123,6 +124,28 @@ def validate(only: list[str] | None = None, solutions: Path = SOLUTIONS, exercis
     return 1 if problems else 0
 
 
+def inline_mathjax(folders: list[Path], course_dir: Path | None = None) -> int:
+    """Rewrite the feedback pages under ``folders`` (default: the course dir's ``feedback/``) to carry
+    MathJax inside them (``autograder.feedback.inline_mathjax``)."""
+    from autograder.course import PACKAGE
+    from autograder.feedback import inline_mathjax_in
+
+    folders = folders or [Path(course_dir or PACKAGE / "course") / "feedback"]
+    missing = [str(f) for f in folders if not Path(f).is_dir()]
+    if missing:
+        print(f"error: no such folder: {', '.join(missing)} (grade the class first, or name the folders)",
+              file=sys.stderr)
+        return 2
+    for folder in folders:
+        try:
+            changed, already = inline_mathjax_in(folder)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{folder}: {changed} page(s) now carry MathJax" + (f", {already} already did" if already else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -172,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="the --course-dir the class was graded with (default: autograder/course)")
     p.add_argument("--format", choices=["canvas", "moodle"], default=None,
                    help="also write grades_<format>.csv in that LMS's grade-import layout")
+    p = sub.add_parser("inline-mathjax", help="make feedback pages carry MathJax themselves (about 0.95 MB each), "
+                       "so that formulas render in the lone .html nbgrader's release_feedback hands out")
+    p.add_argument("folders", type=Path, nargs="*",
+                   help="folders of feedback HTML (default: the course dir's feedback/, which release_feedback reads)")
+    p.add_argument("--course-dir", type=Path, default=None,
+                   help="the --course-dir the class was graded with (default: autograder/course)")
     p = sub.add_parser("export-student", help="write the student edition (no solutions, hidden tests or grading "
                        "tools) into a new or empty folder")
     p.add_argument("dir", type=Path, help="a new or empty folder outside the course, e.g. ../rlhf-course-student")
@@ -198,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             from autograder.report import main as report_main
 
             return report_main(args)
+        if args.command == "inline-mathjax":
+            return inline_mathjax(args.folders, args.course_dir)
         from autograder.grading import GradingError, grade
 
         try:

@@ -307,6 +307,70 @@ def publish(src: Path, dst: Path) -> None:
         shutil.copytree(MATHJAX, dst / MATHJAX_DIR, copy_function=_link_or_copy)
 
 
+# MathJax 3.2.2's tex-svg-full.js (every TeX extension, glyphs as SVG paths: no font or other file to
+# fetch), gzipped by scripts/vendor_assets.sh; LICENSE beside it.
+MATHJAX_INLINE = PACKAGE / "vendor" / "mathjax-svg" / "tex-svg-full.js.gz"
+# the template's <script id="MathJax-script" async src="mathjax/tex-mml-chtml.js">, as nbconvert writes it out
+_MATHJAX_TAG = re.compile(r'<script\b(?=[^>]*\bid="MathJax-script")'
+                          rf'(?=[^>]*\bsrc="{MATHJAX_DIR}/tex-mml-chtml\.js")[^>]*>\s*</script>')
+_INLINE_ID = "mathjax-inline"
+# Unzips the page's copy of MathJax with the browser's own DecompressionStream (Chrome 80, Firefox 113,
+# Safari 16.4) and runs it; window.MathJax (set just before) configures it as for the folder's copy.
+_INLINE_LOADER = """<script>
+(function () {
+  var data = atob(document.getElementById('%s').textContent.replace(/\\s+/g, ''));
+  var bytes = new Uint8Array(data.length);
+  for (var i = 0; i < data.length; i++) bytes[i] = data.charCodeAt(i);
+  var unzipped = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'));
+  new Response(unzipped).text().then(function (code) {
+    var script = document.createElement('script');
+    script.id = 'MathJax-script';
+    script.textContent = code;
+    document.head.appendChild(script);
+  });
+})();
+</script>""" % _INLINE_ID
+
+
+def inline_mathjax(page: str) -> str:
+    """A feedback page that carries MathJax itself (≈ 0.95 MB more), instead of loading it from the
+    ``mathjax/`` folder beside it: for nbgrader's ``release_feedback``, which hands out the .html alone.
+
+    Idempotent; raises ValueError for a page that is not one of this course's feedback pages.
+    """
+    import base64
+
+    if f'id="{_INLINE_ID}"' in page:
+        return page
+    tag = _MATHJAX_TAG.search(page)
+    if tag is None:
+        raise ValueError("not a feedback page of the course's template (no MathJax script to replace)")
+    payload = base64.b64encode(MATHJAX_INLINE.read_bytes()).decode("ascii")
+    payload = "\n".join(payload[i:i + 120] for i in range(0, len(payload), 120))
+    inline = f'<script type="application/gzip" id="{_INLINE_ID}">\n{payload}\n</script>\n{_INLINE_LOADER}'
+    return page[:tag.start()] + inline + page[tag.end():]
+
+
+def inline_mathjax_in(folder: Path) -> tuple[int, int]:
+    """Make every feedback page under ``folder`` (nbgrader's ``feedback/``, which ``release_feedback``
+    reads) carry MathJax; returns (pages changed, pages already so)."""
+    changed = already = 0
+    for page in sorted(Path(folder).rglob("*.html")):
+        text = page.read_text(encoding="utf-8")
+        try:
+            new = inline_mathjax(text)
+        except ValueError as exc:
+            raise ValueError(f"{page}: {exc}") from None
+        if new == text:
+            already += 1
+            continue
+        tmp = page.with_name(f".{page.name}.tmp")
+        tmp.write_text(new, encoding="utf-8")
+        os.replace(tmp, page)                      # a page is whole before and after, never half written
+        changed += 1
+    return changed, already
+
+
 def _link_or_copy(src: str, dst: str) -> None:
     try:
         os.link(src, dst)

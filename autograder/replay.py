@@ -12,10 +12,11 @@ said, the cell earns its points only if they hold here too.
 A graded class is replaced by a class whose recorded methods answer the same way, each leaving on the
 object the plain attributes the submission's object had after that call. A cell can be replayed only if
 its graded results are plain data kept whole (no summaries of large arrays, no objects), no assertion
-needs their autograd graph or an object's other parts (a module's parameters), and all its inputs follow
-from the test's seeds and the graded results (no names from earlier cells). Which cells those are is found, not declared:
-``replayable`` replays each property cell on the solution's own records when the plan is made, and keeps
-those that pass. Micro-runs and gradient checks through autograd stay compared by structure.
+needs their autograd graph or an object's other parts (a module's parameters), and all its inputs
+follow from the test's seeds and the graded results (no names from earlier cells). Which cells those
+are is found, not declared: ``replayable`` replays each property cell on the solution's own records
+when the plan is made, and keeps those that pass. Micro-runs and gradient checks through autograd stay
+compared by structure.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import warnings
 from autograder import recorder
 from autograder.verify import same
 
-MAX_SECONDS = 5.0     # a replay of the solution's records slower than this is not used (grading replays it per student)
+MAX_SECONDS = 5.0     # a slower replay of the solution's records is not used: grading replays it per student
 
 
 class Unavailable(BaseException):

@@ -21,6 +21,12 @@ cp "$mj/LICENSE" "$mj/es5/tex-mml-chtml.js" "$vendor/mathjax/"
 cp -r "$mj/es5/output/chtml/fonts/woff-v2" "$vendor/mathjax/output/chtml/fonts/"
 # MathJax autoloads \cancel, \boldsymbol, ... from here; without them one macro leaves a page raw.
 cp -r "$mj/es5/input/tex/extensions" "$vendor/mathjax/input/tex/"
+# The copy a feedback page can carry inside it (python -m autograder inline-mathjax): every TeX extension
+# and SVG glyphs, so it fetches nothing; gzipped (-n: the same bytes every time), unzipped by the page.
+feedback_vendor="$root/autograder/vendor/mathjax-svg"
+rm -rf "$feedback_vendor"; mkdir -p "$feedback_vendor"
+gzip -9 -n -c "$mj/es5/tex-svg-full.js" > "$feedback_vendor/tex-svg-full.js.gz"
+cp "$mj/LICENSE" "$feedback_vendor/"
 cp "requirejs-$REQUIREJS/package/require.js" "$vendor/requirejs/"
 hm="jupyter-widgets-html-manager-$HTML_MANAGER/package"
 cp "$hm/LICENSE" "$hm/dist/embed-amd.js" "$vendor/html-manager/"

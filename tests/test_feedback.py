@@ -154,3 +154,23 @@ def test_every_test_cell_of_the_course_gets_a_name_and_a_result(assignment):
                              for n in notes), (name, notes)
         hidden = [c for c in tests if "BEGIN HIDDEN TESTS" in c.source]
         assert all(c.outputs[0]["traceback"] == ["AssertionError: made up"] for c in hidden)
+
+
+def test_inline_mathjax_replaces_the_script_tag_once_and_refuses_other_pages():
+    import base64
+    import gzip
+
+    from autograder.feedback import MATHJAX_INLINE, inline_mathjax
+
+    assert (MATHJAX_INLINE.parent / "LICENSE").is_file() and "Apache License" in \
+        (MATHJAX_INLINE.parent / "LICENSE").read_text()
+    page = ('<head><script>window.MathJax = {};</script>\n'
+            '<script async="" id="MathJax-script" src="mathjax/tex-mml-chtml.js"></script></head><body>$x$</body>')
+    inlined = inline_mathjax(page)
+    assert "mathjax/tex-mml-chtml.js" not in inlined and inlined.startswith("<head><script>window.MathJax")
+    assert inline_mathjax(inlined) == inlined                                   # idempotent
+    payload = inlined.split('id="mathjax-inline">', 1)[1].split("</script>", 1)[0]
+    code = gzip.decompress(base64.b64decode("".join(payload.split()))).decode()
+    assert "MathJax" in code and len(code) > 2_000_000                          # the whole tex-svg-full.js
+    with pytest.raises(ValueError, match="not a feedback page"):
+        inline_mathjax("<html><body>$x$</body></html>")

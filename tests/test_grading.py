@@ -312,6 +312,40 @@ def test_feedback_formulas_render_offline_opened_from_disk(graded):
     assert typeset >= 20 and raw_tex is False        # every formula typeset, none left as LaTeX source
 
 
+def test_inline_mathjax_makes_a_lone_feedback_page_render_its_formulas(graded, tmp_path):
+    # nbgrader's release_feedback hands out the .html alone, without the mathjax/ folder beside it: after
+    # `inline-mathjax` the page, copied to a folder of its own, typesets every formula offline, from disk
+    from browser import Browser
+
+    page = _feedback_html(graded[0], "w_mean_of_means")
+    lone = tmp_path / "exchange" / page.name
+    lone.parent.mkdir()
+    shutil.copy(page, lone)
+    assert "1 page(s) now carry MathJax" in autograder("inline-mathjax", lone.parent).stdout
+    assert "0 page(s) now carry MathJax, 1 already did" in autograder("inline-mathjax", lone.parent).stdout
+    raw = lone.read_text(encoding="utf-8")
+    assert re.findall(r"""<(?:script|img|link|iframe)\b[^>]*\b(?:src|href)=""", raw) == []   # loads no file
+    assert 0.5e6 < lone.stat().st_size - page.stat().st_size < 1.1e6
+    ready = ("new Promise(done => { const wait = setInterval(() => { const s = window.MathJax.startup; "
+             "if (s && s.promise) { clearInterval(wait); s.promise.then(done); } }, 50); })")
+    with Browser() as browser:              # in a network namespace with no network, where it can make one
+        tab = browser.new_tab()
+        load = tab.load(lone.as_uri(), ready=ready, timeout=60)
+        typeset = tab.evaluate("document.querySelectorAll('mjx-container svg').length")
+        raw_tex = tab.evaluate("document.body.innerText.includes('\\\\mathrm{KL}')")
+    assert not load.failed and not load.external and not load.console_errors, load
+    assert typeset >= 20 and raw_tex is False
+    # what is not a feedback page of the course is refused, with a one-line reason, and left as it was
+    other = tmp_path / "other" / "page.html"
+    other.parent.mkdir()
+    other.write_text("<html><body>$x$</body></html>")
+    proc = autograder("inline-mathjax", other.parent, check=False)
+    assert proc.returncode == 2 and "not a feedback page" in proc.stderr and "page.html" in proc.stderr
+    assert other.read_text() == "<html><body>$x$</body></html>"
+    proc = autograder("inline-mathjax", tmp_path / "nowhere", check=False)
+    assert proc.returncode == 2 and "no such folder" in proc.stderr
+
+
 def test_summary_and_no_progress_bar_in_a_log(graded):
     _, _, _, proc = graded
     assert "correct" in proc.stdout and "15/15" in proc.stdout
