@@ -401,6 +401,10 @@ def record_plan(solution: Path, run_notebook) -> dict:
     if failed:
         raise RuntimeError(f"the solution {solution.parent.name}/{solution.name} fails its own test cell(s) "
                            f"{', '.join(failed)} when run for the outside check")
+    lost = [gid for gid, cell_records in records.items() if cell_records is None]
+    if lost:       # kept as "no graded calls", these cells would go unchecked outside the kernel
+        raise RuntimeError(f"the records of test cell(s) {', '.join(lost)} of the solution "
+                           f"{solution.parent.name}/{solution.name} did not come back from its kernel")
     plan["cells"] = records
     # the property cells whose assertions can run again in the grader on a submission's records
     from autograder import replay

@@ -362,3 +362,17 @@ def test_set_up_cells_are_the_ones_that_only_import_and_define():
                "numpy_constant": "import numpy as np\nZ = np.log(2)"}
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources.values()])
     assert verify.setup_cells(nb) == [sources["helpers"]]
+
+
+def test_a_trusted_run_whose_records_did_not_come_back_is_refused(tmp_path, monkeypatch):
+    # a cell whose solution records were lost (the kernel did not answer the grader's request) would
+    # otherwise be kept as one that calls no graded function, and go unchecked outside the kernel
+    from autograder.course import SOLUTIONS
+
+    monkeypatch.setenv("AUTOGRADER_CACHE", str(tmp_path / "cache"))
+    solution = SOLUTIONS / "rlhf_update_rules" / "rlhf_update_rules.ipynb"
+    with pytest.raises(RuntimeError, match="test_rlhf_weight_update_values .* did not come back"):
+        verify.record_plan(solution, lambda nb, workdir, plan: ({"test_rlhf_weight_update_values": None}, []))
+    assert verify.cached_plan(solution) is None                 # nothing cached
+    plan = verify.record_plan(solution, lambda nb, workdir, plan: ({"test_rlhf_weight_update_values": []}, []))
+    assert plan["cells"] == {"test_rlhf_weight_update_values": []} and plan["replay"] == {}
