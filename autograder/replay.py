@@ -2,7 +2,8 @@
 
 ``autograder.verify`` compares a cell's graded calls with the solution's. In a cell that grades a property
 (invariants, stability, which inputs raise) it can compare only their structure, since a function with a
-mistake elsewhere may pass such a cell with other values. Here the cell's instructor-written source runs
+mistake elsewhere may pass such a cell with other values; a graded torch module's calls, whose values
+follow from its random initial weights, everywhere. Here the cell's instructor-written source runs
 again in the grader's process, which runs no student code: the notebook's set-up cells first, then the
 test cell, with each graded function replaced by a *replay* that answers every call with the result the
 submission's kernel recorded for the same inputs (or raises the exception it raised). The cell's
@@ -136,8 +137,10 @@ def _class_replay_of(name: str, by_name: dict[str, list[dict]]) -> type:
     prefix = name + "."
     body = {key[len(prefix):]: method(key[len(prefix):], _answers(key, calls))
             for key, calls in by_name.items() if key.startswith(prefix)}
-    if "forward" in body:
-        body["__call__"] = body["forward"]
+    if "forward" in body:                   # a torch module: model(x), and its mode switches (dropout's,
+        body["__call__"] = body["forward"]  # which the recorded forward calls already ran in)
+        body.setdefault("eval", lambda self: self)
+        body.setdefault("train", lambda self, mode=True: self)
     return type(name, (), body)
 
 

@@ -406,10 +406,15 @@ def record_plan(solution: Path, run_notebook) -> dict:
         raise RuntimeError(f"the records of test cell(s) {', '.join(lost)} of the solution "
                            f"{solution.parent.name}/{solution.name} did not come back from its kernel")
     plan["cells"] = records
-    # the property cells whose assertions can run again in the grader on a submission's records
+    # the cells compared by structure (property cells, and those of a graded torch module) whose
+    # assertions can run again in the grader on a submission's records
     from autograder import replay
 
-    sources = {gid: cell.source for gid, cell in graded_cells(nb).items() if gid in plan["structure_only"]}
+    def by_structure(gid: str) -> bool:
+        return gid in plan["structure_only"] or any(
+            not _by_value(r["name"], True, plan["structure_names"]) for r in records.get(gid) or [])
+
+    sources = {gid: cell.source for gid, cell in graded_cells(nb).items() if by_structure(gid)}
     plan["replay"] = {gid: sources[gid] for gid in replay.replayable(sources, plan["setup"], plan["names"],
                                                                         records)}
     cached = _cache_file(solution)
