@@ -38,6 +38,9 @@ class SandboxKernelManager(AsyncKernelManager):
         return os.path.join(folder, "kernel.json")
 
 
+MAX_RECORDS_CHARS = 64 * 2**20      # one cell's records as the kernel returns them (a few MB at most)
+
+
 def _content_bytes(content: dict) -> int:
     """Roughly how many bytes an output message adds to the notebook (its text and data fields)."""
     data = content.get("data") or {}
@@ -98,11 +101,19 @@ class VerifiedExecute(Execute):
     _request = run_sync(_async_request)
 
     def _records(self) -> list | None:
-        """The records of the cell that just ran, read from the reply to the ``end`` request."""
+        """The records of the cell that just ran, read from the reply to the ``end`` request.
+
+        The recorder keeps a cell's records to a few MB; a reply far larger than that was written by
+        the submission, not the recorder, and is not parsed (its objects would take ten times its size
+        of the grader's memory): the records did not come back.
+        """
         reply = self._request("", {"r": verify.END_EXPRESSION})
         value = ((reply or {}).get("user_expressions") or {}).get("r") or {}
         try:
-            return json.loads(ast.literal_eval(value["data"]["text/plain"]))
+            text = value["data"]["text/plain"]
+            if len(text) > MAX_RECORDS_CHARS:
+                return None
+            return json.loads(ast.literal_eval(text))
         except Exception:   # missing, an error, not a string, not JSON: the records did not come back
             return None
 

@@ -376,3 +376,22 @@ def test_a_trusted_run_whose_records_did_not_come_back_is_refused(tmp_path, monk
     assert verify.cached_plan(solution) is None                 # nothing cached
     plan = verify.record_plan(solution, lambda nb, workdir, plan: ({"test_rlhf_weight_update_values": []}, []))
     assert plan["cells"] == {"test_rlhf_weight_update_values": []} and plan["replay"] == {}
+
+
+def test_records_far_larger_than_the_recorder_writes_are_not_parsed(monkeypatch):
+    from autograder import kernel
+
+    executor = kernel.VerifiedExecute()
+    records = [{"name": "f", "args": [], "result": 1.0}]
+
+    def reply_with(text):
+        return lambda code, expressions=None: {"user_expressions": {"r": {"data": {"text/plain": text}}}}
+
+    monkeypatch.setattr(executor, "_request", reply_with(repr(json.dumps(records))))
+    assert executor._records() == records
+    monkeypatch.setattr(kernel, "MAX_RECORDS_CHARS", 100)
+    big = repr(json.dumps(records + [{"name": "f", "args": [0.0] * 100, "result": 1.0}]))
+    monkeypatch.setattr(executor, "_request", reply_with(big))
+    assert executor._records() is None
+    monkeypatch.setattr(executor, "_request", reply_with("not JSON"))
+    assert executor._records() is None
