@@ -57,8 +57,8 @@ class VerifiedExecute(Execute):
     Before the first cell the recorder (``autograder.recorder``) is loaded into the kernel; around each
     test cell, two silent requests restore the kernel's pristine state and collect the cell's records,
     which ``autograder.verify`` compares with the solution's; in a cell compared by structure
-    ``autograder.replay`` then runs the cell's assertions again, here, on the answers recorded. A cell that disagrees gets an error output
-    (``OutsideCheckError``): nbgrader then scores it 0. With ``record_only`` (the trusted run of the
+    ``autograder.replay`` then runs the cell's assertions again, here, on the answers recorded. A cell
+    that disagrees gets an error output (``OutsideCheckError``): nbgrader then scores it 0. With ``record_only`` (the trusted run of the
     solution notebook) the records are kept in ``self.records`` instead.
     """
 

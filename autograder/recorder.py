@@ -29,7 +29,7 @@ SAMPLES = 256           # evenly spaced elements in a summary
 MAX_ITEMS = 64          # items of a list, tuple or dict
 
 _state = {"names": [], "modules": [], "setup": [], "snapshot": None, "wrapped": {}, "records": [], "depth": 0,
-          "elements": 0, "tensor_types": None}
+          "elements": 0, "counts": {}, "tensor_types": None}
 
 
 # ------------------------------------------------------------------ encoding values as plain data
@@ -128,7 +128,7 @@ def _record(name: str, args, kwargs, call, self=None):
     are the test's, so a solution's run and a student's stop keeping records at the same call.
     """
     s = _state
-    kept = sum(r["name"] == name for r in s["records"])
+    kept = s["counts"].get(name, 0)
     if s["depth"] > 0 or kept >= MAX_CALLS or (kept >= FIRST_CALLS and s["elements"] > MAX_CELL_ELEMENTS):
         return call()          # nested calls belong to the call that made them; enough calls kept
     encoded = encode([list(args), kwargs])
@@ -137,6 +137,7 @@ def _record(name: str, args, kwargs, call, self=None):
         if s["elements"] > MAX_CELL_ELEMENTS:     # the budget is spent: no later call past its first is kept
             return call()
     rec = {"name": name, "args": encoded}
+    s["counts"][name] = kept + 1
     s["depth"] += 1
     try:
         result = call()
@@ -304,7 +305,7 @@ def begin() -> None:
     """Before a test cell: pristine state, graded functions wrapped, no records."""
     _unwrap()
     _restore()
-    _state["records"], _state["depth"], _state["elements"] = [], 0, 0
+    _state["records"], _state["depth"], _state["elements"], _state["counts"] = [], 0, 0, {}
     _wrap(get_ipython().user_ns, _state["names"])
 
 
