@@ -58,8 +58,9 @@ class VerifiedExecute(Execute):
     test cell, two silent requests restore the kernel's pristine state and collect the cell's records,
     which ``autograder.verify`` compares with the solution's; in a cell compared by structure
     ``autograder.replay`` then runs the cell's assertions again, here, on the answers recorded. A cell
-    that disagrees gets an error output (``OutsideCheckError``): nbgrader then scores it 0. With ``record_only`` (the trusted run of the
-    solution notebook) the records are kept in ``self.records`` instead.
+    that disagrees gets an error output (``OutsideCheckError``): nbgrader then scores it 0. With
+    ``record_only`` (the trusted run of the solution notebook) the records are kept in ``self.records``
+    instead.
     """
 
     trusted_dir = Unicode("", help="folder of <assignment>/<notebook>.json plans; empty: no outside check"
@@ -139,7 +140,8 @@ class VerifiedExecute(Execute):
         source = (self.plan.get("replay") or {}).get(grade_id)
         if not why and source is not None and not any(o.get("output_type") == "error" for o in cell.outputs):
             failed = replay.run(source, self.plan.get("setup", []), self.plan["names"], records)
-            why = failed and f"its assertions, run again outside the kernel on the answers it recorded: {failed}"
+            why = failed and ("its assertions, run again outside the kernel on the answers it recorded, "
+                              f"failed ({failed})")
         if why and not any(o.get("output_type") == "error" for o in cell.outputs):
             cell.outputs.append(_error("OutsideCheckError", f"the grader's own check of this cell failed: {why}"))
         return cell, resources

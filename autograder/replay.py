@@ -173,9 +173,9 @@ def _quiet_and_restored():
 
 
 def run(source: str, setup: list[str], names: list[str], records) -> str | None:
-    """Replay one test cell on a submission's records: None when its assertions hold, else why not (the
-    exception's type only: a hidden test's message may hold its values; or the call the records could
-    not answer)."""
+    """Replay one test cell on a submission's records: None when its assertions hold, else why not: the
+    exception's type only ("AssertionError": a hidden test's message may hold its values), or the call
+    the records could not answer."""
     by_name: dict[str, list[dict]] = {}
     for r in records if isinstance(records, list) else []:
         if isinstance(r, dict) and isinstance(r.get("name"), str):
@@ -194,7 +194,7 @@ def run(source: str, setup: list[str], names: list[str], records) -> str | None:
         except Unavailable as exc:
             return f"the replay could not go on: {exc}"
         except Exception as exc:          # noqa: BLE001 -- any failure of the test's code fails the cell
-            return f"{type(exc).__name__} when its assertions ran on the submission's answers"
+            return type(exc).__name__
     return None
 
 

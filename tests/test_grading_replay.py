@@ -70,8 +70,7 @@ def test_a_cell_passes_on_right_answers_and_fails_on_wrong_ones():
     setup = ["import numpy as np"]
     assert replay.run(CELL, setup, ["double"], right) is None
     wrong = [rec("double", [x], 2 * x + 0.1), rec("double", [2 * x + 0.1], 4 * x)]
-    assert replay.run(CELL, setup, ["double"], wrong) == \
-        "AssertionError when its assertions ran on the submission's answers"      # never the message itself
+    assert replay.run(CELL, setup, ["double"], wrong) == "AssertionError"       # never the message itself
     # the second call's input follows from the first answer: records of another run cannot answer it
     other = [rec("double", [x], 2 * x), rec("double", [x], 4 * x)]
     assert "call 2 of double had other inputs" in replay.run(CELL, setup, ["double"], other)
