@@ -127,10 +127,10 @@ def validate(only: list[str] | None = None, solutions: Path = SOLUTIONS, exercis
 def inline_mathjax(folders: list[Path], course_dir: Path | None = None) -> int:
     """Rewrite the feedback pages under ``folders`` (default: the course dir's ``feedback/``) to carry
     MathJax inside them (``autograder.feedback.inline_mathjax``)."""
-    from autograder.course import PACKAGE
+    from autograder.course import COURSE_DIR
     from autograder.feedback import inline_mathjax_in
 
-    folders = folders or [Path(course_dir or PACKAGE / "course") / "feedback"]
+    folders = folders or [Path(course_dir or COURSE_DIR) / "feedback"]
     missing = [str(f) for f in folders if not Path(f).is_dir()]
     if missing:
         print(f"error: no such folder: {', '.join(missing)} (grade the class first, or name the folders)",

@@ -8,6 +8,7 @@ from traitlets.config import Config, PyFileConfigLoader
 PACKAGE = Path(__file__).resolve().parent
 REPO = PACKAGE.parent
 CONFIG_FILE = PACKAGE / "nbgrader_config.py"
+COURSE_DIR = PACKAGE / "course"      # nbgrader's working folder and gradebook unless --course-dir says
 SOLUTIONS = REPO / "solutions"
 EXERCISES = REPO / "exercises"
 COURSE_ID = "rlhf-course"

@@ -32,6 +32,7 @@ value produced by a function that did run) is the cell's own failure and is show
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import re
 import shutil
@@ -332,22 +333,28 @@ _INLINE_LOADER = """<script>
 </script>""" % _INLINE_ID
 
 
+@functools.lru_cache(maxsize=1)
+def _inline_payload() -> str:
+    """MATHJAX_INLINE as base64 lines, read and encoded once for all the pages of a run."""
+    import base64
+
+    payload = base64.b64encode(MATHJAX_INLINE.read_bytes()).decode("ascii")
+    return "\n".join(payload[i:i + 120] for i in range(0, len(payload), 120))
+
+
 def inline_mathjax(page: str) -> str:
     """A feedback page that carries MathJax itself (≈ 0.95 MB more), instead of loading it from the
     ``mathjax/`` folder beside it: for nbgrader's ``release_feedback``, which hands out the .html alone.
 
     Idempotent; raises ValueError for a page that is not one of this course's feedback pages.
     """
-    import base64
-
     if f'id="{_INLINE_ID}"' in page:
         return page
     tag = _MATHJAX_TAG.search(page)
     if tag is None:
         raise ValueError("not a feedback page of the course's template (no MathJax script to replace)")
-    payload = base64.b64encode(MATHJAX_INLINE.read_bytes()).decode("ascii")
-    payload = "\n".join(payload[i:i + 120] for i in range(0, len(payload), 120))
-    inline = f'<script type="application/gzip" id="{_INLINE_ID}">\n{payload}\n</script>\n{_INLINE_LOADER}'
+    data = f'<script type="application/gzip" id="{_INLINE_ID}">\n{_inline_payload()}\n</script>'
+    inline = f"{data}\n{_INLINE_LOADER}"
     return page[:tag.start()] + inline + page[tag.end():]
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import nbformat
 
 from autograder import feedback, sandbox
-from autograder.course import (EXERCISES, PACKAGE, SOLUTIONS, assignments, first_line, graded_cells, load_config,
+from autograder.course import (COURSE_DIR, EXERCISES, SOLUTIONS, assignments, first_line, graded_cells, load_config,
                                nbgrader_meta, notebooks, test_cell_id)
 
 CSV_FIELDS = ["student_id", "assignment", "score", "max_score", "status", "message"]
@@ -560,7 +560,7 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
                            + (f" (found only {', '.join(strays)})" if strays else "")
                            + f"; known assignments: {', '.join(assignments())}")
     _check_released(names)
-    course_dir = Path(course_dir or PACKAGE / "course").resolve()
+    course_dir = Path(course_dir or COURSE_DIR).resolve()
     db = Path(db or course_dir / "gradebook.db").resolve()
     out = Path(out).resolve()
     feedback_dir = Path(feedback_dir or out.parent / "feedback").resolve()

@@ -137,12 +137,13 @@ class VerifiedExecute(Execute):
         why = verify.disagreement(self.plan["cells"].get(grade_id) or [], records,
                                   values=grade_id not in self.plan.get("structure_only", []),
                                   structure_names=self.plan.get("structure_names", []))
+        errored = any(o.get("output_type") == "error" for o in cell.outputs)
         source = (self.plan.get("replay") or {}).get(grade_id)
-        if not why and source is not None and not any(o.get("output_type") == "error" for o in cell.outputs):
+        if not why and source is not None and not errored:
             failed = replay.run(source, self.plan.get("setup", []), self.plan["names"], records)
             why = failed and ("its assertions, run again outside the kernel on the answers it recorded, "
                               f"failed ({failed})")
-        if why and not any(o.get("output_type") == "error" for o in cell.outputs):
+        if why and not errored:
             cell.outputs.append(_error("OutsideCheckError", f"the grader's own check of this cell failed: {why}"))
         return cell, resources
 

@@ -28,7 +28,7 @@ import time
 import warnings
 
 from autograder import recorder
-from autograder.verify import same
+from autograder.verify import _by_name, _valid, same
 
 MAX_SECONDS = 5.0     # a slower replay of the solution's records is not used: grading replays it per student
 
@@ -176,10 +176,7 @@ def run(source: str, setup: list[str], names: list[str], records) -> str | None:
     """Replay one test cell on a submission's records: None when its assertions hold, else why not: the
     exception's type only ("AssertionError": a hidden test's message may hold its values), or the call
     the records could not answer."""
-    by_name: dict[str, list[dict]] = {}
-    for r in records if isinstance(records, list) else []:
-        if isinstance(r, dict) and isinstance(r.get("name"), str):
-            by_name.setdefault(r["name"], []).append(r)
+    by_name = _by_name(records) if _valid(records) else {}
     ns: dict = {"__name__": "__replay__"}
     with _quiet_and_restored():
         for cell in setup:

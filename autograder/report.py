@@ -15,7 +15,7 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from autograder.course import PACKAGE
+from autograder.course import COURSE_DIR
 
 
 class ReportError(RuntimeError):
@@ -117,7 +117,7 @@ def report(grades_csv: Path, out_dir: Path | None = None, course_dir: Path | Non
     rows = read_rows(grades_csv)
     if fmt is not None and fmt not in LMS_FORMATS:
         raise ReportError(f"unknown --format {fmt}; choose one of {', '.join(LMS_FORMATS)}")
-    course_dir = Path(course_dir or PACKAGE / "course")
+    course_dir = Path(course_dir or COURSE_DIR)
     out_dir = Path(out_dir or grades_csv.parent / "report")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

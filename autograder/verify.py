@@ -26,8 +26,9 @@ the student chose to build, in the order they built them, so no value of the sol
 student's to match; its calls must still happen, on the test's inputs, with results of the right shape,
 and a gradient where the solution's had one.
 
-In a property cell, ``autograder.replay`` then runs the cell's own assertions again in the grader on the
-submission's recorded answers, where its records allow it (``plan["replay"]``).
+In a cell compared by structure (a property cell, or one that calls a graded torch module),
+``autograder.replay`` then runs the cell's own assertions again in the grader on the submission's
+recorded answers, where its records allow it (``plan["replay"]``).
 
 A cell that disagrees, or whose records never came back (the cell was rewritten, skipped, swallowed,
 or the kernel died), gets an error output, so nbgrader scores it 0 whatever the kernel said. Cells
