@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rlhf_course import fast_gpt2
 from rlhf_course import textworld as tw
 from rlhf_course.answers import REPO, MissingAnswers, load_answers
 from rlhf_course.tiny_lm import _quiet_progress_bars
@@ -513,20 +514,29 @@ def gpu_peak_flops(device_name: str) -> float | None:
 
 
 def measure_matmul_flops(device: torch.device, dtype=torch.float32, shape=(336, 768, 3072), reps: int = 20,
-                         warmup_s: float = 0.5) -> float:
+                         warmup_s: float = 0.5, kernel: str = "torch") -> float:
     """Achieved FLOP/s of one (M × K) @ (K × N) product on this device: the median of ``reps``.
 
     Products run untimed for ``warmup_s`` first: a cold thread pool or a clocked-down core measured
     half the peak here (90 vs 181 GFLOP/s on 2 threads) when timed from the first call.
+    ``kernel="onednn"``: the product through oneDNN (float32 on a CPU; the kernel ``fast_gpt2`` uses
+    for GPT-2 small's products), where torch's default ``a @ b`` calls MKL; ValueError where this
+    torch has no usable oneDNN kernel.
     """
     M, K, N = shape
     a, b = torch.randn(M, K, device=device, dtype=dtype), torch.randn(K, N, device=device, dtype=dtype)
+    if kernel not in ("torch", "onednn"):
+        raise ValueError(f"kernel must be 'torch' or 'onednn', not {kernel!r}")
+    op = fast_gpt2._onednn_linear() if kernel == "onednn" else None
+    if kernel == "onednn" and (op is None or device.type != "cpu" or dtype != torch.float32):
+        raise ValueError("kernel='onednn' needs float32 on a CPU and a torch with oneDNN's linear kernel")
+    product = (lambda: a @ b) if op is None else (lambda: op(a, b.t(), None, "none", [], ""))
 
     def timed_product() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        a @ b
+        product()
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0
@@ -863,6 +873,12 @@ class _IdTokenizer:
         return " ".join(str(int(i)) for i in ids)
 
 
+def onednn_in_use() -> bool:
+    """True if GPT-2 small's float32 products go through oneDNN here (``fast_gpt2.uses_onednn``;
+    ``bench --no-onednn`` turns it off)."""
+    return fast_gpt2._onednn_linear() is not None and fast_gpt2.ONEDNN_MIN_WEIGHT <= 768 * 768
+
+
 def bench(args) -> dict:
     """Time one iteration of ``args.algo`` on random-init GPT-2s of one shape: PPO, RLOO or GRPO
     (``rlhf_iteration`` with a same-shape reward model), or one DPO step (``bench_dpo``)."""
@@ -922,6 +938,7 @@ def bench(args) -> dict:
             "tokens_per_s": args.batch_size * args.response_length / s, "flops_per_iter": flops,
             "achieved_gflops": flops / s / 1e9, "threads": args.threads, "phases": phases,
             "precision": "bf16 autocast" if args.bf16 else "fp32", "rollout_logprobs": args.rollout_logprobs,
+            "onednn": onednn_in_use(),
             "beta": cfg.init_kl_coef, "learning_rate": cfg.learning_rate,
             "shape": {k: getattr(args, k) for k in ("n_layer", "n_embd", "n_head", "vocab", "batch_size",
                                                    "prompt_length", "response_length", "ppo_epochs", "minibatches")}
@@ -1148,8 +1165,13 @@ def _bench_main(argv: list[str]) -> int:
                         "present, else the exercise)")
     p.add_argument("--bf16", action="store_true",
                    help="forward passes under bf16 autocast (fp32 weights, gradients and Adam), as TRL's bf16=True")
+    p.add_argument("--no-onednn", action="store_true",
+                   help="every float32 product through torch's default kernels (MKL), none through oneDNN "
+                        "(rlhf_course.fast_gpt2.uses_onednn): the comparison for what oneDNN gains")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.no_onednn:
+        fast_gpt2.ONEDNN_MIN_WEIGHT = math.inf
     if args.algo == "dpo" and args.bf16:
         return _fail("--bf16 is not available with --algo dpo (rlhf_course.dpo has no autocast)")
     if args.algo != "ppo" and args.rollout_logprobs != "sampling":

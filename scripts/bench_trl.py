@@ -108,16 +108,27 @@ def this_command() -> str:
     return shlex.join([str(python), *sys.argv])
 
 
-def matmul_gflops(threads, bf16=False):
+def matmul_gflops(threads, bf16=False, kernel="torch"):
     """fp32 (or bf16) 336×768×3072 throughput on `threads` threads (an (B·(P+R))×E @ E×4E MLP matmul of GPT-2
     small at 16×21 tokens): the peak the MFU is measured against, by the same function the capstone's bench uses.
-    A bf16 variant is measured against the bf16 peak: on a CPU with AVX512-BF16 or AMX it is 2-3× the fp32 one."""
+    A bf16 variant is measured against the bf16 peak: on a CPU with AVX512-BF16 or AMX it is 2-3× the fp32 one.
+    kernel="onednn": the fp32 product through oneDNN (which our trainer uses for GPT-2 small) instead of torch's
+    default `@` (MKL); None where this torch has no usable oneDNN kernel."""
     import torch
 
     from rlhf_course.capstone import measure_matmul_flops
 
     torch.set_num_threads(threads)
-    return measure_matmul_flops(torch.device("cpu"), torch.bfloat16 if bf16 else torch.float32) / 1e9
+    try:
+        return measure_matmul_flops(torch.device("cpu"), torch.bfloat16 if bf16 else torch.float32,
+                                    kernel=kernel) / 1e9
+    except ValueError:
+        return None
+
+
+def fp32_peaks(threads):
+    """(torch's `@`, oneDNN's or None) fp32 GFLOP/s, and bf16 GFLOP/s, measured now."""
+    return matmul_gflops(threads), matmul_gflops(threads, kernel="onednn"), matmul_gflops(threads, bf16=True)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -279,12 +290,17 @@ def run_json(cmd, env, timeout, log_path):
     return None, f"exit {proc.returncode}: {why.strip()}"
 
 
+def _gflops(x):
+    return "unavailable" if x is None else f"{x:.0f}"
+
+
 def fmt_row(shape, name, r):
     if "error" in r:
-        return f"| {shape} | {name} | failed | | | | | | |"
+        return f"| {shape} | {name} | failed | | | | | | | |"
     ratio = lambda key: f"{r[key]:.2f}×" if r.get(key) else "–"
+    torch_mfu = f"{100 * r['mfu_vs_torch_matmul']:.1f} %" if "mfu_vs_torch_matmul" in r else "–"
     return (f"| {shape} | {name} | {r['s_per_iter_median']:.3f} | {r['tokens_per_s']:.0f} | "
-            f"{r['flops_per_iter'] / 1e9:.1f} | {100 * r['mfu']:.1f} % | {ratio('speedup_vs_trl')} | "
+            f"{r['flops_per_iter'] / 1e9:.1f} | {100 * r['mfu']:.1f} % | {torch_mfu} | {ratio('speedup_vs_trl')} | "
             f"{ratio('speedup_vs_trl_nogc')} | {ratio('speedup_vs_trl_bf16')} |")
 
 
@@ -304,7 +320,7 @@ def main(a):
           f"T={a.temperature} (no early stop), {a.ppo_epochs} PPO epochs × 1 minibatch, "
           f"{a.warmup} warm-up + {a.iters} timed iterations, median reported", flush=True)
 
-    peak_before, peak16_before = matmul_gflops(a.threads), matmul_gflops(a.threads, bf16=True)
+    peak_before, peak_onednn_before, peak16_before = fp32_peaks(a.threads)
     env = os.environ | dict(OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads), HF_HUB_OFFLINE="1",
                             HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1",
                             TOKENIZERS_PARALLELISM="false")
@@ -346,8 +362,10 @@ def main(a):
                 res["flops_source"] = "rlhf_course.capstone.iteration_flops"
                 res["flops_per_iter"] = iteration_flops(s["n_layer"], s["n_embd"], s["vocab"], B, P, R, a.ppo_epochs)
             raw.append((shape, variant, res))
-    peak_after, peak16_after = matmul_gflops(a.threads), matmul_gflops(a.threads, bf16=True)
-    peak = max(peak_before, peak_after)  # the machine's best: a busy core lowers it, nothing raises it
+    peak_after, peak_onednn_after, peak16_after = fp32_peaks(a.threads)
+    peak_torch = max(peak_before, peak_after)  # the machine's best: a busy core lowers it, nothing raises it
+    peak_onednn = max(filter(None, (peak_onednn_before, peak_onednn_after)), default=None)
+    peak = max(peak_torch, peak_onednn or 0)   # fp32 MFU against the faster kernel: the machine's limit we know
     peak16 = max(peak16_before, peak16_after)
 
     # Derived columns. tokens/s = B·R sampled tokens per second for every row, whatever a trainer reports itself.
@@ -365,6 +383,8 @@ def main(a):
             entry["precision"] = "bf16 autocast" if trainer.endswith("bf16") else "fp32"
             entry["mfu"] = r["flops_per_iter"] / r["s_per_iter_median"] / (
                 (peak16 if trainer.endswith("bf16") else peak) * 1e9)     # against its own precision's peak
+            if not trainer.endswith("bf16"):                               # and against torch's own `@`
+                entry["mfu_vs_torch_matmul"] = r["flops_per_iter"] / r["s_per_iter_median"] / (peak_torch * 1e9)
             for key, base in (("speedup_vs_trl", "trl"), ("speedup_vs_trl_nogc", "trl-nogc"),
                               ("speedup_vs_trl_bf16", "trl-bf16")):
                 ref = next((x for sh, t, x in raw if sh == shape and t == base and "error" not in x), None)
@@ -372,15 +392,17 @@ def main(a):
         results.append(entry)
 
     print()
-    print("| shape | trainer | s/iter (median) | tokens/s | GFLOP/iter | MFU | ratio vs TRL as shipped "
-          "| ratio vs TRL without gc.collect | ratio vs TRL bf16 |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| shape | trainer | s/iter (median) | tokens/s | GFLOP/iter | MFU | MFU vs torch's @ | ratio vs TRL as "
+          "shipped | ratio vs TRL without gc.collect | ratio vs TRL bf16 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for e in results:
         print(fmt_row(e["shape"], NAMES[e["trainer"]], e))
     print()
     print(f"tokens/s = {B}×{R} sampled tokens per second; ratio = TRL's s/iter ÷ this row's (> 1: faster than TRL); "
-          f"MFU against {peak:.0f} GFLOP/s, fp32 336×768×3072 matmul on {a.threads} threads "
-          f"(measured {peak_before:.0f} before and {peak_after:.0f} after the trainers); bf16 rows against "
+          f"fp32 MFU against {peak:.0f} GFLOP/s, the faster of two fp32 336×768×3072 products on {a.threads} "
+          f"threads: torch's `@` (MKL; {peak_before:.0f} before and {peak_after:.0f} after the trainers), the "
+          f"column 'MFU vs torch's @' against it, and oneDNN's ({_gflops(peak_onednn_before)} before, "
+          f"{_gflops(peak_onednn_after)} after); bf16 rows against "
           f"{peak16:.0f} GFLOP/s, the same product in bf16 ({peak16_before:.0f} before, {peak16_after:.0f} after).")
     for e in results:
         if e["trainer"] == "trl" and e.get("gc_collect_calls"):
@@ -398,8 +420,10 @@ def main(a):
         elif "tokens_per_s_reported" in e and abs(e["tokens_per_s_reported"] / e["tokens_per_s"] - 1) > 0.01:
             print(f"note: {e['shape']} ours reports tokens_per_s={e['tokens_per_s_reported']:.0f} "
                   f"(another definition than the table's B·R/s)")
-    record = dict(bench="trl-vs-ours", matmul_gflops=peak, matmul_gflops_before=peak_before,
-                  matmul_gflops_after=peak_after, matmul_gflops_bf16=peak16,
+    record = dict(bench="trl-vs-ours", matmul_gflops=peak, matmul_gflops_torch=peak_torch,
+                  matmul_gflops_before=peak_before, matmul_gflops_after=peak_after, matmul_gflops_onednn=peak_onednn,
+                  matmul_gflops_onednn_before=peak_onednn_before, matmul_gflops_onednn_after=peak_onednn_after,
+                  matmul_gflops_bf16=peak16,
                   matmul_gflops_bf16_before=peak16_before, matmul_gflops_bf16_after=peak16_after, threads=a.threads, batch_size=B, prompt_length=P,
                   response_length=R, ppo_epochs=a.ppo_epochs, iters=a.iters, warmup=a.warmup,
                   temperature=a.temperature, torch=torch.__version__, trl_venv=trl_versions,

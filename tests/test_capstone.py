@@ -393,10 +393,22 @@ def test_evaluation_measures_zero_kl_for_the_reference_itself():
     assert len(ev["per_sample"]["proxy"]) == 8 and 0 < ev["distinct"] <= 1
 
 
+def test_matmul_peak_is_measured_with_either_kernel():
+    """measure_matmul_flops times torch's product or oneDNN's (the one GPT-2 small's products take)."""
+    small = dict(shape=(32, 64, 48), reps=3, warmup_s=0.01)
+    assert cs.measure_matmul_flops(torch.device("cpu"), **small) > 0
+    if cs.fast_gpt2._onednn_linear() is not None:
+        assert cs.measure_matmul_flops(torch.device("cpu"), kernel="onednn", **small) > 0
+    with pytest.raises(ValueError, match="kernel must be"):
+        cs.measure_matmul_flops(torch.device("cpu"), kernel="mkl", **small)
+    with pytest.raises(ValueError, match="float32 on a CPU"):
+        cs.measure_matmul_flops(torch.device("cpu"), torch.bfloat16, kernel="onednn", **small)
+
+
 def test_bench_prints_one_json_line_per_trainer():
     """PPO (fp32 and bf16 autocast), RLOO, GRPO and DPO, each `capstone bench ... --json` on a toy shape."""
     tiny = ["--n-layer", 2, "--n-embd", 64, "--n-head", 2, "--vocab", 300, "--warmup", 1, "--threads", 1, "--json"]
-    runs = {"ppo": ["--iters", 2], "ppo-bf16": ["--iters", 1, "--bf16"], "rloo": ["--iters", 1, "--algo", "rloo"],
+    runs = {"ppo": ["--iters", 2], "ppo-bf16": ["--iters", 1, "--bf16", "--no-onednn"], "rloo": ["--iters", 1, "--algo", "rloo"],
             "grpo": ["--iters", 1, "--algo", "grpo"], "dpo": ["--iters", 1, "--algo", "dpo"]}
     # all at once, one thread each: each spends seconds importing torch and transformers
     procs = {name: subprocess.Popen([sys.executable, "-m", "rlhf_course.capstone", "bench", *map(str, tiny + extra),
@@ -417,6 +429,7 @@ def test_bench_prints_one_json_line_per_trainer():
     assert sum(p["flops"] for p in ppo["phases"].values()) == pytest.approx(ppo["flops_per_iter"])
     assert all(p["s_median"] > 0 for p in ppo["phases"].values())
     assert lines["ppo-bf16"]["precision"] == "bf16 autocast"
+    assert ppo["onednn"] == (cs.fast_gpt2._onednn_linear() is not None) and not lines["ppo-bf16"]["onednn"]
     for algo in ("rloo", "grpo", "dpo"):
         assert lines[algo]["algo"] == algo and len(lines[algo]["s_per_iter_all"]) == 1, lines[algo]
     # the critic-free loop's work: RLOO one update pass, GRPO 4 (--ppo-epochs), as the FLOP count says

@@ -278,6 +278,79 @@ def test_lm_head_is_the_heads_product_and_sampling_logits_copy_it_contiguous():
     assert lm_head(with_bias, hidden).is_contiguous()
 
 
+def test_lm_head_through_onednn_is_the_heads_product_and_contiguous(monkeypatch):
+    """A head large enough for oneDNN (GPT-2's) gives head(hidden) with contiguous logits and the same
+    gradients; its weight's gradient is torch's product (faster there), and under autocast the head is
+    left to torch."""
+    from rlhf_course.fast_gpt2 import lm_head
+
+    calls = _through_onednn(monkeypatch)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(7, 16, requires_grad=True)
+    logits = lm_head(head, hidden)
+    torch.testing.assert_close(logits, head(hidden))
+    assert logits.is_contiguous() and calls == [(50, 16)]
+    weights = torch.randn(7, 50)
+    grads = torch.autograd.grad((logits * weights).sum(), (head.weight, hidden))
+    expected = torch.autograd.grad((head(hidden) * weights).sum(), (head.weight, hidden))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+    assert calls == [(50, 16), (16, 50)], "forward and dx through oneDNN, the weight's gradient through torch"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lm_head(head, hidden).dtype == torch.bfloat16 and len(calls) == 2
+
+
+def test_gpt2_through_onednn_matches_float64_with_the_tied_sparse_embedding(monkeypatch):
+    """use_fast_kernels' GPT-2 (sparse embedding gradient tied to the head's dense one) with every
+    product through oneDNN: response logits and every parameter's gradient equal a float64
+    transformers model's to float32 rounding."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlhf_course.rlhf_ppo import response_logits, use_fast_kernels
+
+    calls = _through_onednn(monkeypatch)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=300, n_positions=32, n_embd=64, n_layer=2, n_head=4, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    exact = GPT2LMHeadModel(config).double()
+    fast = use_fast_kernels(GPT2LMHeadModel(config))
+    fast.load_state_dict({k: v.float() for k, v in exact.state_dict().items()})
+    assert fast.transformer.wte.sparse
+    ids = torch.randint(0, 300, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+
+    def logits_and_grads(model):
+        logits, hidden = response_logits(model, ids, mask, 4)
+        (logits.double().sin().sum() + hidden.double().cos().sum()).backward()
+        return logits.double(), {n: (p.grad.to_dense() if p.grad.is_sparse else p.grad).double()
+                                 for n, p in model.named_parameters()}
+
+    want_logits, want = logits_and_grads(exact)
+    got_logits, got = logits_and_grads(fast)
+    assert len(calls) == 2 * 4 * 3 + 2, "every product: 4 a block, forward and 2 backward; the head: 2"
+    torch.testing.assert_close(got_logits, want_logits, rtol=1e-5, atol=1e-5)
+    for name, g in want.items():
+        scale = g.abs().max().clamp(min=1e-6)
+        assert ((got[name] - g).abs().max() / scale) < 1e-5, name
+
+
+def test_the_onednn_kernel_is_probed_before_it_is_used():
+    """A kernel that answers wrongly, in another dtype, or raises, is not used; torch's own one is."""
+    from rlhf_course import fast_gpt2
+
+    def right(x, w, b, *_):
+        return x @ w.t() + b
+
+    assert fast_gpt2._computes_linear(right)
+    assert not fast_gpt2._computes_linear(lambda x, w, b, *_: x @ w.t())                  # no bias
+    assert not fast_gpt2._computes_linear(lambda x, w, b, *_: (x @ w.t() + b).double())  # another dtype
+    assert not fast_gpt2._computes_linear(lambda *_: (_ for _ in ()).throw(RuntimeError("no such op")))
+    if fast_gpt2._onednn_linear() is not None:
+        assert fast_gpt2._computes_linear(fast_gpt2._onednn_linear())
+
+
 def test_response_logits_are_the_models_own_logits(tiny):
     """response_logits (the head on R + 1 positions, as lm_head) equals transformers' full logits there."""
     from rlhf_course.rlhf_ppo import response_logits
@@ -375,15 +448,38 @@ def test_gpt2_branch_adds_a_distinct_pad_and_turns_dropout_off(tmp_path, monkeyp
 
 
 # ------------------------------------------------------------------ fast_gpt2: the same function, less overhead
-def test_fast_gpt2_matches_transformers_on_left_padded_batches():
+def _through_onednn(monkeypatch) -> list:
+    """Send every float32 product of fast_gpt2 through oneDNN, however small; returns a list that
+    records each call of the kernel (the test is skipped where this torch has no usable kernel)."""
+    from rlhf_course import fast_gpt2
+
+    op = fast_gpt2._onednn_linear()
+    if op is None:
+        pytest.skip("no usable oneDNN linear kernel in this torch build")
+    calls = []
+
+    def counting(*args):
+        calls.append(tuple(args[1].shape))
+        return op(*args)
+
+    monkeypatch.setattr(fast_gpt2, "ONEDNN_MIN_WEIGHT", 1)
+    monkeypatch.setattr(fast_gpt2, "_onednn_linear", lambda: counting)
+    return calls
+
+
+@pytest.mark.parametrize("kernels", ["torch", "onednn"])
+def test_fast_gpt2_matches_transformers_on_left_padded_batches(kernels, monkeypatch):
     """Outputs and gradients of the written-out forward equal transformers'; the key/value cache
-    gives the full pass's hidden states; what it does not cover falls through to transformers."""
+    gives the full pass's hidden states; what it does not cover falls through to transformers.
+    "onednn": the same with every block's product through oneDNN (``fast_gpt2._OneDNNLinear``, which
+    GPT-2 small's weights take), forward, backward and decoding steps."""
     import copy
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from rlhf_course import fast_gpt2
 
+    calls = _through_onednn(monkeypatch) if kernels == "onednn" else None
     torch.manual_seed(0)
     fast = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=48, n_head=4, vocab_size=97, n_positions=32,
                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
@@ -412,6 +508,11 @@ def test_fast_gpt2_matches_transformers_on_left_padded_batches():
         # output_hidden_states is not covered: transformers answers, with every layer's states
         assert len(fast(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states) == 4
     assert not fast_gpt2.install(torch.nn.Linear(2, 2)), "only GPT-2 trunks are rewritten"
+    if calls is not None:
+        # 4 products a block (3 blocks): the graded pass's forward, its backward (dx and the weight's
+        # gradient), then the cache's 6-token pass and its 5 one-token steps
+        assert len(calls) == 3 * 4 * (1 + 2 + 1 + 5), len(calls)
+        assert {(144, 48), (48, 48), (192, 48), (48, 192)} <= set(calls)              # W (out, in), forward
 
 
 def test_sampling_draws_from_the_tempered_softmax():
