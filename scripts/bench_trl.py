@@ -9,7 +9,8 @@ Run time on 2 idle cores: "tiny" ≈ 3 min; "gpt2-124m" ≈ 37 min (TRL ≈ 25 s
 gc.collect, 17 s under bf16 autocast; ours ≈ 14 s, 8 s under bf16).
 
 Each trainer runs in fp32 and under bf16 autocast (TRL: accelerate's; ours: RLHFConfig(bf16=True)); a bf16 row's
-MFU is against the bf16 matmul peak. The work, the same on both sides: random-init GPT-2 policy, reference and reward model (TRL's value model is a
+MFU is against the bf16 matmul peak. Ours runs once more in fp32 with `--no-onednn`: every product through torch's
+default kernels, to show what routing GPT-2 small's products through oneDNN gives (rlhf_course/fast_gpt2.py). The work, the same on both sides: random-init GPT-2 policy, reference and reward model (TRL's value model is a
 fourth GPT-2 trunk, ours a value head on the policy trunk); B prompts of exactly P random token ids; R sampled
 tokens at temperature 0.7 with no early stop; `ppo_epochs` epochs of one minibatch; 2 CPU threads each.
 Every trainer runs in its own subprocess, one after the other: TRL in `.venv-trl` (TRL 1.12 is the last release
@@ -39,7 +40,7 @@ SHAPES = {
 }
 TRL_VARIANTS = {"trl": "TRL 1.12 as shipped", "trl-nogc": "TRL 1.12 without gc.collect",
                 "trl-bf16": "TRL 1.12, bf16 autocast"}
-OURS_VARIANTS = {"ours": "ours", "ours-bf16": "ours, bf16 autocast"}
+OURS_VARIANTS = {"ours": "ours", "ours-no-onednn": "ours, torch's kernels", "ours-bf16": "ours, bf16 autocast"}
 NAMES = TRL_VARIANTS | OURS_VARIANTS
 
 
@@ -350,7 +351,8 @@ def main(a):
             # from the sampler's logits, as TRL's (rollout_logprobs="sampling", our default)
             cmd = [*shlex.split(a.ours_cmd), "--n-layer", s["n_layer"], "--n-embd", s["n_embd"], "--n-head",
                    s["n_head"], "--vocab", s["vocab"], *work[:8], "--minibatches", 1, *work[8:], "--json",
-                   *(["--bf16"] if variant == "ours-bf16" else [])]
+                   *(["--bf16"] if variant == "ours-bf16" else []),
+                   *(["--no-onednn"] if variant == "ours-no-onednn" else [])]
             res, err = run_json(list(map(str, cmd)), env, a.timeout, log_dir / f"{shape}-{variant}.log")
             if res is None:
                 res = {"error": err}
