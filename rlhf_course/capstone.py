@@ -527,7 +527,7 @@ def measure_matmul_flops(device: torch.device, dtype=torch.float32, shape=(336, 
     a, b = torch.randn(M, K, device=device, dtype=dtype), torch.randn(K, N, device=device, dtype=dtype)
     if kernel not in ("torch", "onednn"):
         raise ValueError(f"kernel must be 'torch' or 'onednn', not {kernel!r}")
-    op = fast_gpt2._onednn_linear() if kernel == "onednn" else None
+    op = fast_gpt2.onednn_kernel() if kernel == "onednn" else None
     if kernel == "onednn" and (op is None or device.type != "cpu" or dtype != torch.float32):
         raise ValueError("kernel='onednn' needs float32 on a CPU and a torch with oneDNN's linear kernel")
     product = (lambda: a @ b) if op is None else (lambda: op(a, b.t(), None, "none", [], ""))
@@ -873,12 +873,6 @@ class _IdTokenizer:
         return " ".join(str(int(i)) for i in ids)
 
 
-def onednn_in_use() -> bool:
-    """True if GPT-2 small's float32 products go through oneDNN here (``fast_gpt2.uses_onednn``;
-    ``bench --no-onednn`` turns it off)."""
-    return fast_gpt2._onednn_linear() is not None and fast_gpt2.ONEDNN_MIN_WEIGHT <= 768 * 768
-
-
 def bench(args) -> dict:
     """Time one iteration of ``args.algo`` on random-init GPT-2s of one shape: PPO, RLOO or GRPO
     (``rlhf_iteration`` with a same-shape reward model), or one DPO step (``bench_dpo``)."""
@@ -938,7 +932,7 @@ def bench(args) -> dict:
             "tokens_per_s": args.batch_size * args.response_length / s, "flops_per_iter": flops,
             "achieved_gflops": flops / s / 1e9, "threads": args.threads, "phases": phases,
             "precision": "bf16 autocast" if args.bf16 else "fp32", "rollout_logprobs": args.rollout_logprobs,
-            "onednn": onednn_in_use(),
+            "onednn": fast_gpt2.ONEDNN and fast_gpt2.onednn_kernel() is not None,   # for weights >= 2^19
             "beta": cfg.init_kl_coef, "learning_rate": cfg.learning_rate,
             "shape": {k: getattr(args, k) for k in ("n_layer", "n_embd", "n_head", "vocab", "batch_size",
                                                    "prompt_length", "response_length", "ppo_epochs", "minibatches")}
@@ -1026,7 +1020,7 @@ def check(out, device: str = "cuda", answers_path=None, progress: bool = True) -
     else:
         name = _device_name(dev)
         peak, peak_what = measure_matmul_flops(dev), "measured fp32 matmul (336x768x3072, torch's @)"
-        if fast_gpt2._onednn_linear() is not None:              # the faster kernel is the machine's limit
+        if fast_gpt2.onednn_kernel() is not None:              # the faster kernel is the machine's limit
             onednn = measure_matmul_flops(dev, kernel="onednn")
             if onednn > peak:
                 peak, peak_what = onednn, "measured fp32 matmul (336x768x3072, oneDNN)"
@@ -1175,7 +1169,7 @@ def _bench_main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.no_onednn:
-        fast_gpt2.ONEDNN_MIN_WEIGHT = math.inf
+        fast_gpt2.ONEDNN = False
     if args.algo == "dpo" and args.bf16:
         return _fail("--bf16 is not available with --algo dpo (rlhf_course.dpo has no autocast)")
     if args.algo != "ppo" and args.rollout_logprobs != "sampling":

@@ -33,6 +33,8 @@ def supports(trunk) -> bool:
 # --------------------------------------------------------------------------------------------------
 # Large float32 products on a CPU through oneDNN
 # --------------------------------------------------------------------------------------------------
+ONEDNN = True
+"""False: every product on torch's default path (``capstone bench --no-onednn``, for the comparison)."""
 ONEDNN_MIN_WEIGHT = 1 << 19
 """Weights with at least this many entries (every matrix of GPT-2 small, none of the tiny GPT-2's)
 go through oneDNN; below it the call's fixed cost outweighs the gain (the tiny model's decoding
@@ -54,7 +56,7 @@ def _computes_linear(op) -> bool:
 
 
 @functools.cache
-def _onednn_linear():
+def onednn_kernel():
     """torch's oneDNN linear kernel (``torch.ops.mkldnn._linear_pointwise``, the one torch.compile
     emits for CPU linears) on x86-64, if this build has it and it passes ``_computes_linear``; else None.
     A private operator, so anything unexpected leaves every product on torch's default path.
@@ -66,11 +68,11 @@ def _onednn_linear():
 
 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True where ``conv1d`` and ``lm_head`` run oneDNN: float32 on a CPU outside autocast, a weight of at
-    least ``ONEDNN_MIN_WEIGHT`` entries, and a kernel that passed its probe."""
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+    """True where ``conv1d`` and ``lm_head`` run oneDNN: ``ONEDNN`` on, float32 on a CPU outside autocast,
+    a weight of at least ``ONEDNN_MIN_WEIGHT`` entries, and a kernel that passed its probe."""
+    return (ONEDNN and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and weight.numel() >= ONEDNN_MIN_WEIGHT and not torch.is_autocast_enabled("cpu")
-            and _onednn_linear() is not None)
+            and onednn_kernel() is not None)
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -89,12 +91,12 @@ class _OneDNNLinear(torch.autograd.Function):
         ctx.save_for_backward(x, param)
         ctx.stored_in_out, ctx.has_bias = stored_in_out, bias is not None
         weight = param.t() if stored_in_out else param                  # (out, in), a view
-        return _onednn_linear()(x, weight, bias, "none", [], "")        # (N, out), contiguous
+        return onednn_kernel()(x, weight, bias, "none", [], "")        # (N, out), contiguous
 
     @staticmethod
     def backward(ctx, dy):
         x, param = ctx.saved_tensors
-        op = _onednn_linear()
+        op = onednn_kernel()
         weight = param.t() if ctx.stored_in_out else param              # (out, in)
         dx = d_param = d_bias = None
         if ctx.needs_input_grad[0]:

@@ -400,7 +400,7 @@ def test_matmul_peak_is_measured_with_either_kernel():
     """measure_matmul_flops times torch's product or oneDNN's (the one GPT-2 small's products take)."""
     small = dict(shape=(32, 64, 48), reps=3, warmup_s=0.01)
     assert cs.measure_matmul_flops(torch.device("cpu"), **small) > 0
-    if cs.fast_gpt2._onednn_linear() is not None:
+    if cs.fast_gpt2.onednn_kernel() is not None:
         assert cs.measure_matmul_flops(torch.device("cpu"), kernel="onednn", **small) > 0
     with pytest.raises(ValueError, match="kernel must be"):
         cs.measure_matmul_flops(torch.device("cpu"), kernel="mkl", **small)
@@ -432,7 +432,7 @@ def test_bench_prints_one_json_line_per_trainer():
     assert sum(p["flops"] for p in ppo["phases"].values()) == pytest.approx(ppo["flops_per_iter"])
     assert all(p["s_median"] > 0 for p in ppo["phases"].values())
     assert lines["ppo-bf16"]["precision"] == "bf16 autocast"
-    assert ppo["onednn"] == (cs.fast_gpt2._onednn_linear() is not None) and not lines["ppo-bf16"]["onednn"]
+    assert ppo["onednn"] == (cs.fast_gpt2.onednn_kernel() is not None) and not lines["ppo-bf16"]["onednn"]
     for algo in ("rloo", "grpo", "dpo"):
         assert lines[algo]["algo"] == algo and len(lines[algo]["s_per_iter_all"]) == 1, lines[algo]
     # the critic-free loop's work: RLOO one update pass, GRPO 4 (--ppo-epochs), as the FLOP count says

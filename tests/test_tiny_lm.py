@@ -347,8 +347,8 @@ def test_the_onednn_kernel_is_probed_before_it_is_used():
     assert not fast_gpt2._computes_linear(lambda x, w, b, *_: x @ w.t())                  # no bias
     assert not fast_gpt2._computes_linear(lambda x, w, b, *_: (x @ w.t() + b).double())  # another dtype
     assert not fast_gpt2._computes_linear(lambda *_: (_ for _ in ()).throw(RuntimeError("no such op")))
-    if fast_gpt2._onednn_linear() is not None:
-        assert fast_gpt2._computes_linear(fast_gpt2._onednn_linear())
+    if fast_gpt2.onednn_kernel() is not None:
+        assert fast_gpt2._computes_linear(fast_gpt2.onednn_kernel())
 
 
 def test_response_logits_are_the_models_own_logits(tiny):
@@ -453,7 +453,7 @@ def _through_onednn(monkeypatch) -> list:
     records each call of the kernel (the test is skipped where this torch has no usable kernel)."""
     from rlhf_course import fast_gpt2
 
-    op = fast_gpt2._onednn_linear()
+    op = fast_gpt2.onednn_kernel()
     if op is None:
         pytest.skip("no usable oneDNN linear kernel in this torch build")
     calls = []
@@ -463,7 +463,7 @@ def _through_onednn(monkeypatch) -> list:
         return op(*args)
 
     monkeypatch.setattr(fast_gpt2, "ONEDNN_MIN_WEIGHT", 1)
-    monkeypatch.setattr(fast_gpt2, "_onednn_linear", lambda: counting)
+    monkeypatch.setattr(fast_gpt2, "onednn_kernel", lambda: counting)
     return calls
 
 
