@@ -217,7 +217,40 @@ def hidden_states(trunk, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     return trunk.ln_f(x)
 
 
-def lm_head(head, hidden: torch.Tensor) -> torch.Tensor:
+class _HeldGradient(torch.autograd.Function):
+    """The identity on a weight; its backward passes the gradient on unchanged (see ``tied_head_weight``)."""
+
+    @staticmethod
+    def forward(ctx, weight):
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def tied_head_weight(model) -> torch.Tensor:
+    """The LM head's weight for one forward pass of ``model``; call it before the trunk runs and pass
+    the result to ``lm_head``. The same values; only the order its gradients are summed in changes.
+
+    Why: in a GPT-2 whose head is tied to a sparse embedding (``rlhf_ppo.use_fast_kernels``), the
+    weight's gradient is the sum of the head's dense (V, E) one, which backward reaches first, and the
+    embedding's sparse rows, which it reaches last. Autograd adds a sparse gradient that arrives after a
+    dense one out of place: a copy of the dense gradient (154 MB for GPT-2 small: 45 ms a backward on
+    2 threads). Autograd runs the newest ready node first, so a node made before the embedding lookup
+    runs after it: the head's gradient waits there until the sparse rows have arrived, then autograd adds
+    them into it in place. The same sum (each entry: the head's value plus the same rows, in the same
+    order). Elsewhere (no gradient, untied, dense embedding, a GPU) the head's own weight.
+    """
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    weight = head.weight
+    if (torch.is_grad_enabled() and weight.requires_grad and weight.device.type == "cpu"
+            and getattr(embed, "sparse", False) and embed.weight is weight):
+        return _HeldGradient.apply(weight)
+    return weight
+
+
+def lm_head(head, hidden: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """(N, E) hidden states -> (N, V) logits of a bias-free LM head: ``head(hidden)``, on a CPU through
     oneDNN for a large head (``uses_onednn``; GPT-2's: 272 rows in 122 vs 179 ms on 2 threads, and the
     logits come back contiguous), otherwise as (W hᵀ)ᵀ.
@@ -227,12 +260,15 @@ def lm_head(head, hidden: torch.Tensor) -> torch.Tensor:
     The result is the transpose of a contiguous (V, N) matrix, so (N, V) with strides (1, N): a
     reduction over the vocabulary wants a contiguous copy first (``rlhf_ppo.sampling_logits`` makes
     its float32 copy contiguous). On a GPU, or for a head with a bias, ``head(hidden)``.
+    ``weight``: the head's weight as ``tied_head_weight`` gave it (default ``head.weight``).
     """
+    if weight is None:
+        weight = head.weight
     if hidden.device.type != "cpu" or hidden.dim() != 2 or getattr(head, "bias", None) is not None:
-        return head(hidden)
-    if uses_onednn(hidden, head.weight):                          # (N, V), contiguous
-        return _OneDNNLinear.apply(hidden, head.weight, None, False)
-    return (head.weight @ hidden.t()).t()
+        return head(hidden) if weight is head.weight else F.linear(hidden, weight, head.bias)
+    if uses_onednn(hidden, weight):                               # (N, V), contiguous
+        return _OneDNNLinear.apply(hidden, weight, None, False)
+    return (weight @ hidden.t()).t()
 
 
 def _forward(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,

@@ -287,3 +287,49 @@ def test_log_probs_are_checked_against_the_samplers_record(rollout_logprobs):
     for broken in (no_temperature, off_by_one):
         metrics = ppo_rlhf_iteration(make_rlhf_state(cfg), cfg, **{**FNS, "response_log_probs": broken})
         assert metrics["sanity/logprob_max_dev"] > 0.1, broken.__name__
+
+
+def test_sampling_entropy_is_that_of_the_sampling_distribution():
+    """sampling_entropy equals −Σ p log p of softmax(logits / T) over every token but the pad, in
+    float64, and stays finite although the pad's logit is −inf."""
+    from rlhf_course.rlhf_ppo import sampling_entropy, sampling_logits
+
+    torch.manual_seed(0)
+    raw = torch.randn(3, 4, 40) * 3
+    raw[0, 0] = 0.0                                           # uniform over the 39 non-pad tokens
+    logits = sampling_logits(raw, pad_id=7)
+    got = sampling_entropy(logits, 0.7, pad_id=7)
+    keep = torch.arange(40) != 7
+    p = torch.softmax(raw.double()[..., keep] / 0.7, -1)
+    want = -(p * p.log()).sum(-1)
+    assert got.shape == (3, 4) and torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    assert got[0, 0].item() == pytest.approx(np.log(39), rel=1e-6)
+    torch.testing.assert_close(got, torch.special.entr(torch.softmax(logits / 0.7, -1)).sum(-1))
+
+
+@pytest.mark.parametrize("max_grad_norm", [1e6, 1e-3, float("nan")])
+def test_clipped_step_takes_clip_grad_norms_step_bit_for_bit(max_grad_norm, monkeypatch):
+    """clipped_step gives exactly the parameters of clip_grad_norm_ then the step: with a norm under
+    the bound it skips the × 1.0 pass over the gradients (no clip_grads_with_norm_ call); above it, or
+    with a NaN bound, it scales them as clip_grad_norm_ does."""
+    from rlhf_course.rlhf_ppo import clipped_step
+
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [torch.optim.Adam(m.parameters(), lr=0.1) for m in models]
+    x = torch.randn(8, 6)
+    scaled = []
+    clip = torch.nn.utils.clip_grads_with_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grads_with_norm_", lambda *a, **k: scaled.append(1) or clip(*a, **k))
+    for _ in range(3):
+        for m in models:
+            m.zero_grad()
+            (m(x) ** 2).sum().mul(10).backward()
+        torch.nn.utils.clip_grad_norm_(models[0].parameters(), max_grad_norm)
+        optimizers[0].step()
+        clipped_step(optimizers[1], list(models[1].parameters()), max_grad_norm)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b) or (torch.isnan(a).all() and torch.isnan(b).all())
+    assert len(scaled) == (0 if max_grad_norm == 1e6 else 3)

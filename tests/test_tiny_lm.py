@@ -336,6 +336,51 @@ def test_gpt2_through_onednn_matches_float64_with_the_tied_sparse_embedding(monk
         assert ((got[name] - g).abs().max() / scale) < 1e-5, name
 
 
+@pytest.mark.parametrize("kernels", ["torch", "onednn"])
+def test_tied_head_weight_adds_the_sparse_rows_in_place_to_the_same_bits(kernels, monkeypatch):
+    """With use_fast_kernels' tied sparse embedding, the head's weight from tied_head_weight gives
+    bit-identical gradients to the head's own weight, with the tiny GPT-2's products and with GPT-2
+    small's (oneDNN), but autograd adds the embedding's sparse rows into the head's dense gradient in
+    place instead of copying it (the control makes that copy). With no gradient, untied or dense,
+    tied_head_weight is the head's weight itself."""
+    from torch.profiler import profile
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlhf_course.fast_gpt2 import lm_head, tied_head_weight
+    from rlhf_course.rlhf_ppo import use_fast_kernels
+
+    if kernels == "onednn":
+        _through_onednn(monkeypatch)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=300, n_positions=32, n_embd=64, n_layer=2, n_head=4, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    model = use_fast_kernels(GPT2LMHeadModel(config))
+    head = model.get_output_embeddings()
+    ids = torch.randint(0, 300, (3, 9))
+
+    def grads_and_full_copies(held: bool):
+        weight = tied_head_weight(model) if held else head.weight
+        hidden = model.transformer(input_ids=ids).last_hidden_state.reshape(27, 64)
+        with profile(record_shapes=True) as prof:
+            lm_head(head, hidden, weight).sin().sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        copies = [e for e in prof.events() if e.name == "aten::copy_" and list(e.input_shapes[:1]) == [[300, 64]]]
+        return grads, len(copies)
+
+    plain, plain_copies = grads_and_full_copies(held=False)
+    held, held_copies = grads_and_full_copies(held=True)
+    assert plain_copies >= 1 and held_copies == 0, (plain_copies, held_copies)
+    assert not held["transformer.wte.weight"].is_sparse
+    for name, g in plain.items():
+        assert torch.equal(held[name], g), name
+    assert tied_head_weight(model) is not head.weight
+    with torch.no_grad():
+        assert tied_head_weight(model) is head.weight
+    model.transformer.wte.sparse = False
+    assert tied_head_weight(model) is head.weight
+
+
 def test_the_onednn_kernel_is_probed_before_it_is_used():
     """A kernel that answers wrongly, in another dtype, or raises, is not used; torch's own one is."""
     from rlhf_course import fast_gpt2
