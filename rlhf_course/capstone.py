@@ -548,6 +548,24 @@ def measure_matmul_flops(device: torch.device, dtype=torch.float32, shape=(336, 
     return 2.0 * M * K * N / float(np.median(times))
 
 
+def cpu_matmul_peak(bf16: bool = False, **kwargs) -> tuple[float, str]:
+    """The CPU's matmul peak the MFU is measured against, in FLOP/s, and what it is.
+
+    bf16: torch's bf16 product. float32: the faster of torch's ``@`` (MKL) and oneDNN's kernel (where
+    this torch has one): the trainer runs GPT-2 small's products on oneDNN, so torch's alone would
+    understate the machine's limit. ``kwargs`` go to ``measure_matmul_flops`` (reps, warmup_s).
+    """
+    cpu = torch.device("cpu")
+    if bf16:
+        return measure_matmul_flops(cpu, torch.bfloat16, **kwargs), "measured bf16 matmul (336x768x3072, torch's @)"
+    peak, what = measure_matmul_flops(cpu, **kwargs), "measured fp32 matmul (336x768x3072, torch's @)"
+    if fast_gpt2.onednn_kernel() is not None:
+        onednn = measure_matmul_flops(cpu, kernel="onednn", **kwargs)
+        if onednn > peak:
+            peak, what = onednn, "measured fp32 matmul (336x768x3072, oneDNN)"
+    return peak, what
+
+
 # ---------------------------------------------------------------------------------------------------
 # The pipeline, with an output folder that survives interruptions
 # ---------------------------------------------------------------------------------------------------
@@ -904,7 +922,8 @@ def bench(args) -> dict:
                             tokenizer=_IdTokenizer(args.vocab), description="random-init GPT-2")
     gen = torch.Generator().manual_seed(1)
     fns = {k: answers[k] for k in ALGO_FUNCTIONS[args.algo]}
-    times, phase_times = [], {}
+    times, phase_times, peaks = [], {}, []
+    paired_peak = getattr(args, "paired_peak", False)
     from tqdm import tqdm
 
     # disable=None: a bar on a terminal, nothing in a log (bench_trl.py captures this process's output)
@@ -912,10 +931,14 @@ def bench(args) -> dict:
         # random prompts, never pad or EOS: B for PPO, one per group of k for RLOO and GRPO
         n_prompts = args.batch_size if ppo else args.batch_size // args.group_size
         prompts = torch.randint(0, args.vocab - 2, (n_prompts, args.prompt_length), generator=gen)
+        if paired_peak:             # this machine's speed drifts: the peak right before each iteration
+            peak, peak_is = cpu_matmul_peak(args.bf16, reps=10, warmup_s=0.2)
         t0 = time.perf_counter()
         metrics = rlhf_iteration(state, cfg, **fns, reward_model=rm, prompts=prompts)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
+            if paired_peak:
+                peaks.append(peak)
             for key in (k for k in metrics if k.startswith("time/")):
                 phase_times.setdefault(key[len("time/"):], []).append(metrics[key])
     s = float(np.median(times))
@@ -928,7 +951,10 @@ def bench(args) -> dict:
     phases = {name: {"s_median": float(np.median(ts)), "flops": by_phase.get(name, 0.0),
                      "gflops_per_s": by_phase.get(name, 0.0) / float(np.median(ts)) / 1e9}
               for name, ts in phase_times.items()}
-    return {"trainer": "rlhf_course", "algo": args.algo, "s_per_iter_median": s, "s_per_iter_all": times,
+    paired = {} if not paired_peak else {
+        "paired_peak_gflops": [p / 1e9 for p in peaks], "paired_peak_is": peak_is,
+        "mfu_paired": float(np.median([flops / t / p for t, p in zip(times, peaks)]))}
+    return paired | {"trainer": "rlhf_course", "algo": args.algo, "s_per_iter_median": s, "s_per_iter_all": times,
             "tokens_per_s": args.batch_size * args.response_length / s, "flops_per_iter": flops,
             "achieved_gflops": flops / s / 1e9, "threads": args.threads, "phases": phases,
             "precision": "bf16 autocast" if args.bf16 else "fp32", "rollout_logprobs": args.rollout_logprobs,
@@ -1019,11 +1045,7 @@ def check(out, device: str = "cuda", answers_path=None, progress: bool = True) -
         memory = torch.cuda.max_memory_allocated(dev) / 2**30
     else:
         name = _device_name(dev)
-        peak, peak_what = measure_matmul_flops(dev), "measured fp32 matmul (336x768x3072, torch's @)"
-        if fast_gpt2.onednn_kernel() is not None:              # the faster kernel is the machine's limit
-            onednn = measure_matmul_flops(dev, kernel="onednn")
-            if onednn > peak:
-                peak, peak_what = onednn, "measured fp32 matmul (336x768x3072, oneDNN)"
+        peak, peak_what = cpu_matmul_peak()
         memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB -> GiB (Linux)
     return {"check": "capstone-gpu", "device": name, "model": summary["model"], "preset": cfg.name,
             "iteration_seconds": seconds, "generated_tokens_per_s": B * R / seconds,
@@ -1166,10 +1188,15 @@ def _bench_main(argv: list[str]) -> int:
     p.add_argument("--no-onednn", action="store_true",
                    help="every float32 product through torch's default kernels (MKL), none through oneDNN "
                         "(rlhf_course.fast_gpt2.uses_onednn): the comparison for what oneDNN gains")
+    p.add_argument("--paired-peak", action="store_true",
+                   help="measure the matmul peak (cpu_matmul_peak, 10 products) right before each iteration and "
+                        "report mfu_paired: the median over timed iterations of their FLOP rate over that peak")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.no_onednn:
         fast_gpt2.ONEDNN = False
+    if args.algo == "dpo" and args.paired_peak:
+        return _fail("--paired-peak is not available with --algo dpo")
     if args.algo == "dpo" and args.bf16:
         return _fail("--bf16 is not available with --algo dpo (rlhf_course.dpo has no autocast)")
     if args.algo != "ppo" and args.rollout_logprobs != "sampling":

@@ -297,11 +297,12 @@ def _gflops(x):
 
 def fmt_row(shape, name, r):
     if "error" in r:
-        return f"| {shape} | {name} | failed | | | | | | | |"
+        return f"| {shape} | {name} | failed | | | | | | | | |"
     ratio = lambda key: f"{r[key]:.2f}×" if r.get(key) else "–"
-    torch_mfu = f"{100 * r['mfu_vs_torch_matmul']:.1f} %" if "mfu_vs_torch_matmul" in r else "–"
+    percent = lambda key: f"{100 * r[key]:.1f} %" if key in r else "–"
     return (f"| {shape} | {name} | {r['s_per_iter_median']:.3f} | {r['tokens_per_s']:.0f} | "
-            f"{r['flops_per_iter'] / 1e9:.1f} | {100 * r['mfu']:.1f} % | {torch_mfu} | {ratio('speedup_vs_trl')} | "
+            f"{r['flops_per_iter'] / 1e9:.1f} | {100 * r['mfu']:.1f} % | {percent('mfu_vs_torch_matmul')} | "
+            f"{percent('mfu_paired')} | {ratio('speedup_vs_trl')} | "
             f"{ratio('speedup_vs_trl_nogc')} | {ratio('speedup_vs_trl_bf16')} |")
 
 
@@ -352,7 +353,8 @@ def main(a):
             cmd = [*shlex.split(a.ours_cmd), "--n-layer", s["n_layer"], "--n-embd", s["n_embd"], "--n-head",
                    s["n_head"], "--vocab", s["vocab"], *work[:8], "--minibatches", 1, *work[8:], "--json",
                    *(["--bf16"] if variant == "ours-bf16" else []),
-                   *(["--no-onednn"] if variant == "ours-no-onednn" else [])]
+                   *(["--no-onednn"] if variant == "ours-no-onednn" else []),
+                   *(["--paired-peak"] if "rlhf_course.capstone" in a.ours_cmd else [])]
             res, err = run_json(list(map(str, cmd)), env, a.timeout, log_dir / f"{shape}-{variant}.log")
             if res is None:
                 res = {"error": err}
@@ -394,9 +396,9 @@ def main(a):
         results.append(entry)
 
     print()
-    print("| shape | trainer | s/iter (median) | tokens/s | GFLOP/iter | MFU | MFU vs torch's @ | ratio vs TRL as "
-          "shipped | ratio vs TRL without gc.collect | ratio vs TRL bf16 |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| shape | trainer | s/iter (median) | tokens/s | GFLOP/iter | MFU | MFU vs torch's @ | MFU, paired | "
+          "ratio vs TRL as shipped | ratio vs TRL without gc.collect | ratio vs TRL bf16 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for e in results:
         print(fmt_row(e["shape"], NAMES[e["trainer"]], e))
     print()
@@ -405,7 +407,9 @@ def main(a):
           f"threads: torch's `@` (MKL; {peak_before:.0f} before and {peak_after:.0f} after the trainers), the "
           f"column 'MFU vs torch's @' against it, and oneDNN's ({_gflops(peak_onednn_before)} before, "
           f"{_gflops(peak_onednn_after)} after); bf16 rows against "
-          f"{peak16:.0f} GFLOP/s, the same product in bf16 ({peak16_before:.0f} before, {peak16_after:.0f} after).")
+          f"{peak16:.0f} GFLOP/s, the same product in bf16 ({peak16_before:.0f} before, {peak16_after:.0f} after). "
+          "'MFU, paired' (ours: `bench --paired-peak`): the median over timed iterations of each one's FLOP rate "
+          "over the peak of its precision measured right before it, as this machine's speed drifts during a run.")
     for e in results:
         if e["trainer"] == "trl" and e.get("gc_collect_calls"):
             print(f"{e['shape']}: as shipped, TRL's two gc.collect() calls take 2 × "

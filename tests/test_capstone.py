@@ -408,11 +408,27 @@ def test_matmul_peak_is_measured_with_either_kernel():
         cs.measure_matmul_flops(torch.device("cpu"), torch.bfloat16, kernel="onednn", **small)
 
 
+def test_cpu_matmul_peak_takes_the_faster_kernel(monkeypatch):
+    """fp32: the faster of torch's product and oneDNN's, named; bf16: torch's bf16 product; no oneDNN: torch's."""
+    speeds = {("torch", torch.float32): 150e9, ("onednn", torch.float32): 190e9, ("torch", torch.bfloat16): 350e9}
+    monkeypatch.setattr(cs, "measure_matmul_flops",
+                        lambda device, dtype=torch.float32, kernel="torch", **kw: speeds[kernel, dtype])
+    monkeypatch.setattr(cs.fast_gpt2, "onednn_kernel", lambda: object())
+    assert cs.cpu_matmul_peak() == (190e9, "measured fp32 matmul (336x768x3072, oneDNN)")
+    speeds["torch", torch.float32] = 200e9
+    assert cs.cpu_matmul_peak() == (200e9, "measured fp32 matmul (336x768x3072, torch's @)")
+    assert cs.cpu_matmul_peak(bf16=True) == (350e9, "measured bf16 matmul (336x768x3072, torch's @)")
+    monkeypatch.setattr(cs.fast_gpt2, "onednn_kernel", lambda: None)
+    speeds["torch", torch.float32] = 100e9
+    assert cs.cpu_matmul_peak() == (100e9, "measured fp32 matmul (336x768x3072, torch's @)")
+
+
 def test_bench_prints_one_json_line_per_trainer():
     """PPO (fp32 and bf16 autocast), RLOO, GRPO and DPO, each `capstone bench ... --json` on a toy shape."""
     tiny = ["--n-layer", 2, "--n-embd", 64, "--n-head", 2, "--vocab", 300, "--warmup", 1, "--threads", 1, "--json"]
-    runs = {"ppo": ["--iters", 2], "ppo-bf16": ["--iters", 1, "--bf16", "--no-onednn"], "rloo": ["--iters", 1, "--algo", "rloo"],
-            "grpo": ["--iters", 1, "--algo", "grpo"], "dpo": ["--iters", 1, "--algo", "dpo"]}
+    runs = {"ppo": ["--iters", 2, "--paired-peak"], "ppo-bf16": ["--iters", 1, "--bf16", "--no-onednn", "--paired-peak"],
+            "rloo": ["--iters", 1, "--algo", "rloo"], "grpo": ["--iters", 1, "--algo", "grpo"],
+            "dpo": ["--iters", 1, "--algo", "dpo"], "dpo-paired": ["--iters", 1, "--algo", "dpo", "--paired-peak"]}
     # all at once, one thread each: each spends seconds importing torch and transformers
     procs = {name: subprocess.Popen([sys.executable, "-m", "rlhf_course.capstone", "bench", *map(str, tiny + extra),
                                      "--answers", str(ANSWERS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -420,6 +436,9 @@ def test_bench_prints_one_json_line_per_trainer():
     lines = {}
     for name, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=300)
+        if name == "dpo-paired":
+            assert proc.returncode == 2 and "--paired-peak is not available with --algo dpo" in stderr, stderr[-3000:]
+            continue
         assert proc.returncode == 0, f"{name}: {stderr[-3000:]}"
         out = stdout.strip().splitlines()
         assert len(out) == 1, f"{name}: one JSON line expected on stdout, got {stdout[-2000:]!r}"
@@ -431,6 +450,14 @@ def test_bench_prints_one_json_line_per_trainer():
     assert set(ppo["phases"]) == {"generation", "scores_and_logprobs", "advantages", "ppo_update"}
     assert sum(p["flops"] for p in ppo["phases"].values()) == pytest.approx(ppo["flops_per_iter"])
     assert all(p["s_median"] > 0 for p in ppo["phases"].values())
+    # --paired-peak: a peak of the run's precision before each timed iteration, and the median of the ratios
+    for name, dtype in (("ppo", "fp32"), ("ppo-bf16", "bf16")):
+        run = lines[name]
+        assert len(run["paired_peak_gflops"]) == len(run["s_per_iter_all"]) and min(run["paired_peak_gflops"]) > 0
+        assert run["paired_peak_is"].startswith(f"measured {dtype} matmul"), run["paired_peak_is"]
+        assert run["mfu_paired"] == pytest.approx(np.median([run["flops_per_iter"] / t / (p * 1e9) for t, p in
+                                                             zip(run["s_per_iter_all"], run["paired_peak_gflops"])]))
+    assert "mfu_paired" not in lines["rloo"]
     assert lines["ppo-bf16"]["precision"] == "bf16 autocast"
     assert ppo["onednn"] == (cs.fast_gpt2.onednn_kernel() is not None) and not lines["ppo-bf16"]["onednn"]
     for algo in ("rloo", "grpo", "dpo"):
