@@ -5,8 +5,9 @@
     .venv/bin/python scripts/bench_trl.py --shapes tiny --iters 3 --warmup 1       # a quick check (≈ 1 min)
     .venv/bin/python scripts/bench_trl.py --ours-cmd "python /tmp/stub.py bench"   # another "ours" command
 
-Run time on 2 idle cores: "tiny" ≈ 3 min; "gpt2-124m" ≈ 37 min (TRL ≈ 25 s per iteration as shipped and without
-gc.collect, 17 s under bf16 autocast; ours ≈ 14 s, 8 s under bf16).
+Run time on 2 idle cores with the defaults: "tiny" ≈ 3 min; "gpt2-124m" ≈ 30 min (TRL ≈ 18-25 s per iteration as
+shipped and without gc.collect, 15 s under bf16 autocast; ours ≈ 8 s, 9 s without oneDNN, 5.5 s under bf16, each
+plus ≈ 0.5 s per iteration for the peak `--paired-peak` measures before it). `--iters 10 --warmup 2`: 20 min.
 
 Each trainer runs in fp32 and under bf16 autocast (TRL: accelerate's; ours: RLHFConfig(bf16=True)); a bf16 row's
 MFU is against the bf16 matmul peak. Ours runs once more in fp32 with `--no-onednn`: every product through torch's
