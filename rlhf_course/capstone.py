@@ -923,7 +923,6 @@ def bench(args) -> dict:
     gen = torch.Generator().manual_seed(1)
     fns = {k: answers[k] for k in ALGO_FUNCTIONS[args.algo]}
     times, phase_times, peaks = [], {}, []
-    paired_peak = getattr(args, "paired_peak", False)
     from tqdm import tqdm
 
     # disable=None: a bar on a terminal, nothing in a log (bench_trl.py captures this process's output)
@@ -931,14 +930,13 @@ def bench(args) -> dict:
         # random prompts, never pad or EOS: B for PPO, one per group of k for RLOO and GRPO
         n_prompts = args.batch_size if ppo else args.batch_size // args.group_size
         prompts = torch.randint(0, args.vocab - 2, (n_prompts, args.prompt_length), generator=gen)
-        if paired_peak:             # this machine's speed drifts: the peak right before each iteration
+        if args.paired_peak and i >= args.warmup:   # this machine's speed drifts: the peak just before
             peak, peak_is = cpu_matmul_peak(args.bf16, reps=10, warmup_s=0.2)
+            peaks.append(peak)
         t0 = time.perf_counter()
         metrics = rlhf_iteration(state, cfg, **fns, reward_model=rm, prompts=prompts)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
-            if paired_peak:
-                peaks.append(peak)
             for key in (k for k in metrics if k.startswith("time/")):
                 phase_times.setdefault(key[len("time/"):], []).append(metrics[key])
     s = float(np.median(times))
@@ -951,7 +949,7 @@ def bench(args) -> dict:
     phases = {name: {"s_median": float(np.median(ts)), "flops": by_phase.get(name, 0.0),
                      "gflops_per_s": by_phase.get(name, 0.0) / float(np.median(ts)) / 1e9}
               for name, ts in phase_times.items()}
-    paired = {} if not paired_peak else {
+    paired = {} if not args.paired_peak else {
         "paired_peak_gflops": [p / 1e9 for p in peaks], "paired_peak_is": peak_is,
         "mfu_paired": float(np.median([flops / t / p for t, p in zip(times, peaks)]))}
     return paired | {"trainer": "rlhf_course", "algo": args.algo, "s_per_iter_median": s, "s_per_iter_all": times,
