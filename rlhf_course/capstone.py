@@ -482,13 +482,15 @@ def iteration_flops_by_phase(n_layer: int, n_embd: int, vocab: int, batch: int, 
     on the policy's trunk costs nothing worth counting).
 
     generation: a prefill of the B·P prompt tokens (head at the last position only), then R − 1
-    decode steps of B tokens (head at each); scores_and_logprobs: the reference forward on B·(P + R)
-    tokens (head at R + 1 positions per row) and the reward model's trunk on B·(P + R) tokens, plus
-    one more policy forward with rollout_logprobs="forward"; advantages: none (NumPy on (B, R));
-    ppo_update: per PPO epoch one forward and backward (2×) of the policy.
+    decode steps of B tokens (head at each); scores_and_logprobs: the reference forward (its trunk on
+    the B·(P + R − 1) tokens before the last, whose logits would predict past the end; the head at the
+    R positions per row that predict a response token: ``rlhf_ppo.response_logits``) and the reward
+    model's trunk on all B·(P + R) tokens, plus one more policy forward with rollout_logprobs="forward";
+    advantages: none (NumPy on (B, R)); ppo_update: per PPO epoch one forward and backward (2×) of the
+    policy, as the reference's forward.
     """
     P, R, B, T = prompt_len, response_len, batch, prompt_len + response_len
-    seq = forward_flops(n_layer, n_embd, B * T, B * (R + 1), vocab, (T + 1) / 2)
+    seq = forward_flops(n_layer, n_embd, B * (T - 1), B * R, vocab, T / 2)
     rm = forward_flops(n_layer, n_embd, B * T, 0, vocab, (T + 1) / 2)
     extra = seq if rollout_logprobs == "forward" else 0.0
     return {"generation": generation_flops(n_layer, n_embd, vocab, batch, prompt_len, response_len),
@@ -993,9 +995,9 @@ def bench_dpo(args, policy: nn.Module) -> dict:
             times.append(time.perf_counter() - t0)
     s = float(np.median(times))
     T = P + R + 1
-    # the policy on the 2B sequences, the LM head where a response token or its EOS is predicted (R + 1
-    # positions a row: dpo.sequence_log_probs); backward 2× the forward
-    flops = 3 * forward_flops(args.n_layer, args.n_embd, 2 * B * T, 2 * B * (R + 1), args.vocab, (T + 1) / 2)
+    # the policy's trunk on the 2B sequences but their last positions, which predict nothing; the LM head where
+    # a response token or its EOS is predicted (R + 1 positions a row: dpo.sequence_log_probs); backward 2× forward
+    flops = 3 * forward_flops(args.n_layer, args.n_embd, 2 * B * (T - 1), 2 * B * (R + 1), args.vocab, T / 2)
     return {"trainer": "rlhf_course", "algo": "dpo", "s_per_iter_median": s, "s_per_iter_all": times,
             "pairs_per_s": B / s, "flops_per_iter": flops, "achieved_gflops": flops / s / 1e9,
             "threads": args.threads, "precision": "fp32", "beta": cfg.beta, "learning_rate": cfg.learning_rate,

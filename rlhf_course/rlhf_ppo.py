@@ -26,9 +26,11 @@ and a KL controller with a ``value`` attribute and ``update(current_kl, n_steps)
 Conventions. A batch holds B prompts, left-padded to a common context length ``ctx``, followed by R
 generated tokens (pad after the first EOS). ``mask`` (B, R) is 1 on real response tokens, up to and
 including the first EOS. The log-probability of response token t comes from the logits at position
-ctx − 1 + t; the value of the state *before* token t is read at the same position. Only those R + 1
-positions (ctx − 1 … ctx + R − 1) go through the LM head, and the student's ``response_log_probs``
-is called on them as ``response_log_probs(logits, query_response[:, ctx - 1:], 1, T)``: the same
+ctx − 1 + t; the value of the state *before* token t is read at the same position. Only those R
+positions (ctx − 1 … ctx + R − 2) go through the LM head (``response_logits``; the last token predicts
+past the end of the response, so the trunk never runs on it either), and the student's
+``response_log_probs`` is called on them as ``response_log_probs(logits, query_response[:, ctx - 1:],
+1, T)`` with one unused position of zeros appended (``sampling_logits(..., past_end=True)``): the same
 function, a context of length 1, and none of the prompt's vocabulary-sized logits computed for nothing.
 
 Log-probs are those of the distribution the sampler draws from. ``generate_responses`` never draws the
@@ -173,37 +175,52 @@ def forward(model: nn.Module, query_response: torch.Tensor, attention_mask: torc
 
 def response_logits(model: nn.Module, query_response: torch.Tensor, attention_mask: torch.Tensor,
                     context_length: int):
-    """Like ``forward``, but the LM head only where a response token is predicted.
+    """Like ``forward``, but only where a response token is predicted.
 
-    Returns logits (B, R + 1, V) and hidden states (B, R + 1, H) of positions ctx − 1 … ctx + R − 1:
-    entry t predicts response token t (the last one predicts past the end and is never used). With a
-    50 k vocabulary the head is a third of GPT-2's FLOPs; the prompt's positions do not need it.
+    Returns logits (B, R, V) and hidden states (B, R, H) of positions ctx − 1 … ctx + R − 2: entry t
+    predicts response token t (and its hidden state is the state before it, a value head's input).
+    With a 50 k vocabulary the head is a third of GPT-2's FLOPs; the prompt's positions do not need it.
+    Nor does the last token, whose logits would predict past the end of the response: the trunk runs
+    on query_response[:, :-1] (causal attention, so no earlier position changes; GPT-2 small's
+    benchmark: 20 of 21 positions, 5 % of every forward and backward).
     """
     from rlhf_course import fast_gpt2
     from rlhf_course.tiny_lm import position_ids_from_mask
 
     head_weight = fast_gpt2.tied_head_weight(model)            # before the trunk: see there
-    hidden = model.base_model(input_ids=query_response, attention_mask=attention_mask,
-                              position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
-    hidden = hidden[:, context_length - 1:]                                    # (B, R + 1, H)
+    inputs, mask = query_response[:, :-1], attention_mask[:, :-1]
+    hidden = model.base_model(input_ids=inputs, attention_mask=mask,
+                              position_ids=position_ids_from_mask(mask)).last_hidden_state
+    hidden = hidden[:, context_length - 1:]                                    # (B, R, H)
     B, L, H = hidden.shape
-    # One contiguous (B·(R+1), H) matrix into the head: on a strided 3-D slice torch runs a batched
+    # One contiguous (B·R, H) matrix into the head: on a strided 3-D slice torch runs a batched
     # matmul at a third of the speed (GPT-2's head is a 50,257 × 768 matrix). On a CPU the logits come
     # back transposed in memory (fast_gpt2.lm_head); sampling_logits copies them contiguous.
     logits = fast_gpt2.lm_head(model.get_output_embeddings(), hidden.reshape(B * L, H), head_weight).view(B, L, -1)
     return logits, hidden
 
 
-def sampling_logits(logits: torch.Tensor, pad_id: int) -> torch.Tensor:
+def sampling_logits(logits: torch.Tensor, pad_id: int, past_end: bool = False) -> torch.Tensor:
     """(..., V) logits -> float32 logits of the distribution ``generate_responses`` samples: the pad
     token's set to −inf, since the sampler never draws it. A contiguous copy (whatever the input's
     layout: ``response_logits`` gives them transposed on a CPU), so the gradient passes through.
 
     Without this, log π would be normalised over a token the policy never emits: off by log(1 − p_pad)
     at every token, which for GPT-2's added pad token (embedding initialised at the mean) is not small.
+
+    past_end: (..., R, V) -> (..., R + 1, V), one more position of zeros after the last: the layout the
+    graded ``response_log_probs(logits, query_response[:, ctx - 1:], 1, T)`` reads, whose last position
+    predicts past the end of the response and is sliced off (never read; its gradient is 0). Written
+    in the same copy, so it costs nothing where ``response_logits`` skipped that position.
     """
     pad = torch.tensor([pad_id], device=logits.device)
-    copy = logits.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    if not past_end:
+        copy = logits.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    else:
+        *lead, R, V = logits.shape
+        copy = logits.new_empty(*lead, R + 1, V, dtype=torch.float32)
+        copy[..., R, :] = 0.0
+        copy[..., :R, :] = logits                          # autograd: this slice's gradient goes to logits
     return copy.index_fill_(-1, pad, -float("inf"))
 
 
@@ -323,9 +340,9 @@ class PolicyAndValue(nn.Module):
         self.lm, self.value_head = lm, value_head
 
     def forward(self, query_response, attention_mask, context_length):
-        """-> logits (B, R + 1, V) as ``response_logits``, values (B, R): V(state before token t)."""
+        """-> logits (B, R, V) as ``response_logits``, values (B, R): V(state before token t)."""
         logits, hidden = response_logits(self.lm, query_response, attention_mask, context_length)
-        return logits, self.value_head(hidden[:, :-1]).squeeze(-1)
+        return logits, self.value_head(hidden).squeeze(-1)
 
 
 def token_gae(rewards: np.ndarray, values: np.ndarray, gamma: float, lam: float):
@@ -586,13 +603,12 @@ def ppo_rlhf_iteration(
     # 3. Log-probs of the sampled tokens under the rollout policy and the reference, and values, no grad.
     with torch.no_grad(), _autocast(state, cfg):
         if from_sampling:                                       # the sampler's logits of positions ctx-1+t
-            logits = torch.cat([gen["logits"], gen["logits"].new_zeros(B, 1, gen["logits"].shape[-1])], 1)
-            values = value_head(gen["hidden"]).squeeze(-1)                             # (B, R)
+            logits, values = gen["logits"], value_head(gen["hidden"]).squeeze(-1)          # (B, R, V), (B, R)
         else:
             logits, values = PolicyAndValue(policy, value_head)(query_response, attention_mask, ctx)
-        logprobs = response_log_probs(sampling_logits(logits, pad_id), response_ids, 1, T)        # (B, R) log π_old
-        ref_logits, _ = response_logits(ref_policy, query_response, attention_mask, ctx)          # (B, R + 1, V)
-        ref_logprobs = response_log_probs(sampling_logits(ref_logits, pad_id), response_ids, 1, T)  # log π_ref
+        logprobs = response_log_probs(sampling_logits(logits, pad_id, past_end=True), response_ids, 1, T)  # π_old
+        ref_logits, _ = response_logits(ref_policy, query_response, attention_mask, ctx)            # (B, R, V)
+        ref_logprobs = response_log_probs(sampling_logits(ref_logits, pad_id, past_end=True), response_ids, 1, T)
     logprobs_np = logprobs.double().cpu().numpy() * mask_np    # padding: 0, never used
     ref_logprobs_np = ref_logprobs.double().cpu().numpy() * mask_np
     values_np = values.double().cpu().numpy() * mask_np        # V = 0 after the episode ends
@@ -703,8 +719,8 @@ def ppo_update(state: RLHFState, cfg: RLHFConfig, batch: dict, *, response_log_p
                 mb_mask = mask[mb]                                                     # (mb, R)
                 with no_sync:
                     with _autocast(state, cfg):
-                        new_logits, vpred = model(qr[mb], am[mb], ctx)                 # (mb, R+1, V), (mb, R)
-                    new_logits = sampling_logits(new_logits, pad_id)                   # (mb, R+1, V) float32
+                        new_logits, vpred = model(qr[mb], am[mb], ctx)                 # (mb, R, V), (mb, R)
+                    new_logits = sampling_logits(new_logits, pad_id, past_end=True)    # (mb, R+1, V) float32
                     new_logprobs = response_log_probs(new_logits, targets[mb], 1, T)   # (mb, R), with grad
                     vpred = vpred.float()
 
@@ -770,8 +786,8 @@ def token_log_probs(model: nn.Module, query_response: torch.Tensor, attention_ma
     so the critic-free loop reads log-probs with this plumbing; the PPO loop keeps calling the student's
     ``response_log_probs``.
     """
-    logits, _ = response_logits(model, query_response, attention_mask, ctx)           # (B, R + 1, V)
-    logp = sampling_log_softmax(logits[:, :-1], temperature, pad_id)                   # (B, R, V)
+    logits, _ = response_logits(model, query_response, attention_mask, ctx)           # (B, R, V)
+    logp = sampling_log_softmax(logits, temperature, pad_id)                           # (B, R, V)
     return logp.gather(-1, targets[:, 1:, None]).squeeze(-1)                           # (B, R)
 
 
@@ -798,8 +814,8 @@ def critic_free_update(state: RLHFState, config: RLHFConfig, batch: dict, advant
     def step(rows: torch.Tensor, loss_of) -> None:
         state.optimizer.zero_grad(set_to_none=True)
         with _autocast(state, cfg):
-            logits, vpred = model(qr[rows], am[rows], ctx)                                 # (b, R+1, V)
-        logp = sampling_log_softmax(logits[:, :-1], T, pad_id)                              # (b, R, V)
+            logits, vpred = model(qr[rows], am[rows], ctx)                                 # (b, R, V)
+        logp = sampling_log_softmax(logits, T, pad_id)                                      # (b, R, V)
         logprobs = logp.gather(-1, targets[rows, 1:, None]).squeeze(-1) * mask[rows]        # (b, R)
         loss = loss_of(rows, logprobs)
         (loss + 0.0 * vpred.float().sum()).backward()   # local means; DDP averages them over processes
@@ -1008,12 +1024,12 @@ def evaluate_samples(policy: nn.Module, ref_policy: nn.Module, tokenizer, prompt
             gen = generate_responses(policy, tokenizer, batch_prompts, response_length, temperature=temperature,
                                      seed=seed + i, return_logits=True)
             qr, am, ctx = gen["query_response"], gen["attention_mask"], gen["context_length"]
-            ref_logits, _ = response_logits(ref_policy, qr, am, ctx)               # (B, R + 1, V)
+            ref_logits, _ = response_logits(ref_policy, qr, am, ctx)               # (B, R, V)
             if reward_model is not None:
                 rows["proxy"] += reward_model_scores(reward_model, qr, am, ctx, tokenizer.eos_token_id).tolist()
         mask = gen["response_mask"]                                                 # (B, R)
         logp = sampling_log_softmax(gen["logits"], temperature, pad)                   # (B, R, V)
-        ref_logp = sampling_log_softmax(ref_logits[:, :-1].float(), temperature, pad)
+        ref_logp = sampling_log_softmax(ref_logits.float(), temperature, pad)
         kl_tok = (logp.exp() * (logp - ref_logp)).nan_to_num().sum(-1)              # (B, R) exact per token
         reviews = [p + " " + r for p, r in zip(batch_prompts, gen["responses"])]
         rows["gold"] += gold_reward(reviews).tolist()

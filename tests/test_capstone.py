@@ -290,10 +290,16 @@ def test_forward_flops_match_torch_flop_counter():
     model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=4, vocab_size=V, n_positions=32))
     ids = torch.randint(0, V, (B, ctx + R))
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        response_logits(model, ids, torch.ones_like(ids), ctx)
-    # the counter charges attention for all T x T scores (no causal saving): context = T here
-    want = cs.forward_flops(L, E, B * (ctx + R), B * (R + 1), V, context=ctx + R)
+        logits, _ = response_logits(model, ids, torch.ones_like(ids), ctx)
+    assert logits.shape == (B, R, V)
+    # the trunk on the T - 1 positions before the last (whose logits would predict past the end), the head on
+    # the R that predict a response token; the counter charges attention for all (T-1) x (T-1) scores
+    T = ctx + R
+    want = cs.forward_flops(L, E, B * (T - 1), B * R, V, context=T - 1)
     assert counter.get_total_flops() == pytest.approx(want, rel=0.01)
+    # ... which is what the benchmark counts per policy forward (with the causal context, T / 2 on average)
+    by_phase = cs.iteration_flops_by_phase(L, E, V, B, ctx, R, ppo_epochs=2)
+    assert by_phase["ppo_update"] == pytest.approx(2 * 3 * cs.forward_flops(L, E, B * (T - 1), B * R, V, T / 2))
 
 
 def test_generation_flops_match_torch_flop_counter_on_the_sampler():

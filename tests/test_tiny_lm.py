@@ -244,11 +244,11 @@ def test_the_samplers_logits_and_hidden_states_are_a_full_forwards(tiny):
                              seed=3, return_logits=True, return_hidden=True)
     qr, am, ctx = out["query_response"], out["attention_mask"], out["context_length"]
     with torch.no_grad():
-        logits, hidden = response_logits(model, qr, am, ctx)          # (B, R + 1, V), (B, R + 1, H)
+        logits, hidden = response_logits(model, qr, am, ctx)          # (B, R, V), (B, R, H)
     real = out["response_mask"].bool()
     assert real.sum() > 20
-    torch.testing.assert_close(out["logits"][real], logits[:, :-1][real], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(out["hidden"][real], hidden[:, :-1][real], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out["logits"][real], logits[real], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out["hidden"][real], hidden[real], rtol=1e-4, atol=1e-4)
 
 
 def test_lm_head_is_the_heads_product_and_sampling_logits_copy_it_contiguous():
@@ -276,6 +276,27 @@ def test_lm_head_is_the_heads_product_and_sampling_logits_copy_it_contiguous():
     with_bias = torch.nn.Linear(16, 50)                    # a head with a bias is left to itself
     torch.testing.assert_close(lm_head(with_bias, hidden), with_bias(hidden))
     assert lm_head(with_bias, hidden).is_contiguous()
+
+
+def test_sampling_logits_past_end_appends_the_unread_position_in_the_same_copy():
+    """past_end=True: (B, R, V) -> (B, R + 1, V) for the graded response_log_probs, whose last position is
+    never read: the first R positions are sampling_logits' own, the appended one zeros (pad at −inf), and
+    the gradient of the first R reaches the input unchanged, as with the plain copy; bf16 input -> float32."""
+    from rlhf_course.rlhf_ppo import sampling_logits
+
+    torch.manual_seed(0)
+    raw = torch.randn(3, 5, 11, dtype=torch.float64).float().requires_grad_()
+    plain, past = sampling_logits(raw, pad_id=4), sampling_logits(raw, pad_id=4, past_end=True)
+    assert past.shape == (3, 6, 11) and past.is_contiguous() and past.dtype == torch.float32
+    assert torch.equal(past[:, :5], plain)
+    assert torch.equal(past[:, 5, :4], torch.zeros(3, 4)) and torch.isneginf(past[:, 5, 4]).all()
+    weights = torch.randn(3, 6, 11)
+    finite = lambda x: x.masked_fill(torch.isinf(x), 0)  # noqa: E731
+    got, = torch.autograd.grad((finite(past) * weights).sum(), raw)
+    want, = torch.autograd.grad((finite(plain) * weights[:, :5]).sum(), raw)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    half = sampling_logits(raw.detach().bfloat16(), pad_id=4, past_end=True)
+    assert half.dtype == torch.float32 and torch.equal(half[:, :5], sampling_logits(raw.detach().bfloat16(), 4))
 
 
 def test_lm_head_through_onednn_is_the_heads_product_and_contiguous(monkeypatch):
@@ -397,7 +418,8 @@ def test_the_onednn_kernel_is_probed_before_it_is_used():
 
 
 def test_response_logits_are_the_models_own_logits(tiny):
-    """response_logits (the head on R + 1 positions, as lm_head) equals transformers' full logits there."""
+    """response_logits (the trunk on all positions but the last, the head on the R that predict a response
+    token) equals transformers' full logits there, on left-padded rows that stop at EOS."""
     from rlhf_course.rlhf_ppo import response_logits
 
     model, tok = tiny
@@ -406,7 +428,8 @@ def test_response_logits_are_the_models_own_logits(tiny):
     with torch.no_grad():
         full = model(input_ids=qr, attention_mask=am, position_ids=position_ids_from_mask(am)).logits
         logits, _ = response_logits(model, qr, am, ctx)
-    torch.testing.assert_close(logits, full[:, ctx - 1:], rtol=1e-4, atol=1e-4)
+    assert (am[:, 0] == 0).any() and (am[:, -1] == 0).any()        # left padding, and a row that stopped
+    torch.testing.assert_close(logits, full[:, ctx - 1:-1], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
