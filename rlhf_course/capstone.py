@@ -489,7 +489,7 @@ def iteration_flops_by_phase(n_layer: int, n_embd: int, vocab: int, batch: int, 
     advantages: none (NumPy on (B, R)); ppo_update: per PPO epoch one forward and backward (2×) of the
     policy, as the reference's forward.
     """
-    P, R, B, T = prompt_len, response_len, batch, prompt_len + response_len
+    R, B, T = response_len, batch, prompt_len + response_len
     seq = forward_flops(n_layer, n_embd, B * (T - 1), B * R, vocab, T / 2)
     rm = forward_flops(n_layer, n_embd, B * T, 0, vocab, (T + 1) / 2)
     extra = seq if rollout_logprobs == "forward" else 0.0

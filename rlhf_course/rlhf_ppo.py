@@ -588,7 +588,6 @@ def ppo_rlhf_iteration(
     query_response = gen["query_response"]                      # (B, ctx + R) left-padded queries, responses
     attention_mask = gen["attention_mask"]                      # (B, ctx + R)
     ctx = gen["context_length"]
-    R = query_response.shape[1] - ctx
     pad_id, eos_id = state.tokenizer.pad_token_id, state.tokenizer.eos_token_id
     response_ids = logprob_targets(query_response, ctx, pad_id, eos_id)   # (B, 1 + R) last query token, response
     mask = gen["response_mask"].float()                         # (B, R) 1 up to and incl. the first EOS

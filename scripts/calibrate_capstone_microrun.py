@@ -23,7 +23,6 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "solutions/capstone/capstone.ipynb"
 _MASK = "(attention_mask[:, 1:] > 0) & (prompt_mask[:, 1:] == 0)"

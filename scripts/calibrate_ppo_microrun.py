@@ -10,7 +10,6 @@ and every broken one far below.
 """
 import argparse
 import re
-import time
 
 import nbformat
 import numpy as np
@@ -49,7 +48,7 @@ def main():
     parser.add_argument("--steps", type=int, default=16384)
     parser.add_argument("--variants", nargs="+", default=["correct", *BROKEN])
     args = parser.parse_args()
-    print(f"| variant | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | min | s/run |")
+    print("| variant | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | min | s/run |")
     print("|---" * (len(args.seeds) + 4) + "|")
     for variant in args.variants:
         f = functions(None if variant == "correct" else BROKEN[variant])

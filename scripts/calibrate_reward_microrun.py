@@ -15,7 +15,6 @@ the micro-run's sanity checks, to show whether the accuracy threshold alone woul
 import argparse
 import copy
 import re
-import time
 
 import nbformat
 import numpy as np
@@ -80,7 +79,7 @@ def main():
     parser.add_argument("--variants", nargs="+", default=["correct", "mse_01_labels", *BROKEN])
     args = parser.parse_args()
     lm, tokenizer = load_tiny_lm(progress=False)
-    print(f"| variant | sanity | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | min | s/run |")
+    print("| variant | sanity | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | min | s/run |")
     print("|---" * (len(args.seeds) + 5) + "|")
     ceilings = []
     for variant in args.variants:
@@ -101,7 +100,7 @@ def main():
             seconds.append(record.seconds)
         print(f"| {variant} | {'pass' if sanity else 'FAIL'} | " + " | ".join(f"{a:.3f}" for a in accs)
               + f" | {np.mean(accs):.3f} | {np.min(accs):.3f} | {np.mean(seconds):.1f} |", flush=True)
-    print(f"| annotators vs gold (held-out labels) | | " + " | ".join(f"{a:.3f}" for a in ceilings)
+    print("| annotators vs gold (held-out labels) | | " + " | ".join(f"{a:.3f}" for a in ceilings)
           + f" | {np.mean(ceilings):.3f} | {np.min(ceilings):.3f} | |")
 
 
