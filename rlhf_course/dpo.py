@@ -35,7 +35,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from rlhf_course.rlhf_ppo import clipped_step, keep_freed_memory, sampling_log_softmax, use_fast_kernels
+from rlhf_course.rlhf_ppo import (clipped_step, keep_freed_memory, predicting_hidden_states, sampling_log_softmax,
+                                  use_fast_kernels)
 
 
 @dataclass
@@ -111,17 +112,14 @@ def sequence_log_probs(model: nn.Module, ids: torch.Tensor, response_mask: torch
     Token t is predicted by the hidden state at position t − 1. The LM head and the log-softmax run on
     those positions only, gathered into one (n, H) matrix (n = the batch's response tokens): GPT-2's head
     is a 50,257 × 768 matrix, and the prompt's and the padding's positions do not need it. The last
-    position predicts nothing, so the trunk runs on the first T − 1 (causal: no other position changes).
+    position predicts nothing, so the trunk runs on the first T − 1 (``predicting_hidden_states``).
     """
     from rlhf_course import fast_gpt2
-    from rlhf_course.tiny_lm import position_ids_from_mask
 
     T_len = int(attention_mask.sum(1).max())                 # trim the batch to its longest row
     ids, response_mask, attention_mask = ids[:, :T_len], response_mask[:, :T_len], attention_mask[:, :T_len]
     head_weight = fast_gpt2.tied_head_weight(model)          # before the trunk: see there
-    inputs, mask = ids[:, :-1], attention_mask[:, :-1]
-    hidden = model.base_model(input_ids=inputs, attention_mask=mask,
-                              position_ids=position_ids_from_mask(mask)).last_hidden_state  # (N, T − 1, H)
+    hidden = predicting_hidden_states(model, ids, attention_mask)                        # (N, T − 1, H)
     predicts = response_mask[:, 1:] > 0                                                  # (N, T − 1)
     row = predicts.nonzero()[:, 0]                                                       # (n,) each one's row
     logits = fast_gpt2.lm_head(model.get_output_embeddings(), hidden[predicts], head_weight)  # (n, V)

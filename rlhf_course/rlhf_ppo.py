@@ -173,6 +173,18 @@ def forward(model: nn.Module, query_response: torch.Tensor, attention_mask: torc
     return out.logits, out.hidden_states[-1]
 
 
+def predicting_hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) left- or right-padded ids -> (B, T − 1, H): the trunk's last hidden state at every position
+    but the last, i.e. at each position that predicts a next token in the row (position t predicts
+    token t + 1). The last position predicts nothing, so the trunk never runs on it; attention is
+    causal, so no other position changes. Position ids as in ``forward``."""
+    from rlhf_course.tiny_lm import position_ids_from_mask
+
+    inputs, mask = input_ids[:, :-1], attention_mask[:, :-1]
+    return model.base_model(input_ids=inputs, attention_mask=mask,
+                            position_ids=position_ids_from_mask(mask)).last_hidden_state
+
+
 def response_logits(model: nn.Module, query_response: torch.Tensor, attention_mask: torch.Tensor,
                     context_length: int):
     """Like ``forward``, but only where a response token is predicted.
@@ -180,18 +192,14 @@ def response_logits(model: nn.Module, query_response: torch.Tensor, attention_ma
     Returns logits (B, R, V) and hidden states (B, R, H) of positions ctx − 1 … ctx + R − 2: entry t
     predicts response token t (and its hidden state is the state before it, a value head's input).
     With a 50 k vocabulary the head is a third of GPT-2's FLOPs; the prompt's positions do not need it.
-    Nor does the last token, whose logits would predict past the end of the response: the trunk runs
-    on query_response[:, :-1] (causal attention, so no earlier position changes; GPT-2 small's
-    benchmark: 20 of 21 positions, 5 % of every forward and backward).
+    Nor does the last token, whose logits would predict past the end of the response
+    (``predicting_hidden_states``; GPT-2 small's benchmark: 20 of 21 positions, 5 % of every forward
+    and backward).
     """
     from rlhf_course import fast_gpt2
-    from rlhf_course.tiny_lm import position_ids_from_mask
 
     head_weight = fast_gpt2.tied_head_weight(model)            # before the trunk: see there
-    inputs, mask = query_response[:, :-1], attention_mask[:, :-1]
-    hidden = model.base_model(input_ids=inputs, attention_mask=mask,
-                              position_ids=position_ids_from_mask(mask)).last_hidden_state
-    hidden = hidden[:, context_length - 1:]                                    # (B, R, H)
+    hidden = predicting_hidden_states(model, query_response, attention_mask)[:, context_length - 1:]  # (B, R, H)
     B, L, H = hidden.shape
     # One contiguous (B·R, H) matrix into the head: on a strided 3-D slice torch runs a batched
     # matmul at a third of the speed (GPT-2's head is a 50,257 × 768 matrix). On a CPU the logits come
@@ -1028,7 +1036,7 @@ def evaluate_samples(policy: nn.Module, ref_policy: nn.Module, tokenizer, prompt
                 rows["proxy"] += reward_model_scores(reward_model, qr, am, ctx, tokenizer.eos_token_id).tolist()
         mask = gen["response_mask"]                                                 # (B, R)
         logp = sampling_log_softmax(gen["logits"], temperature, pad)                   # (B, R, V)
-        ref_logp = sampling_log_softmax(ref_logits.float(), temperature, pad)
+        ref_logp = sampling_log_softmax(ref_logits, temperature, pad)                  # float32 copy
         kl_tok = (logp.exp() * (logp - ref_logp)).nan_to_num().sum(-1)              # (B, R) exact per token
         reviews = [p + " " + r for p, r in zip(batch_prompts, gen["responses"])]
         rows["gold"] += gold_reward(reviews).tolist()

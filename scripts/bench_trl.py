@@ -6,7 +6,7 @@
     .venv/bin/python scripts/bench_trl.py --ours-cmd "python /tmp/stub.py bench"   # another "ours" command
 
 Run time on 2 idle cores with the defaults: "tiny" ≈ 3 min; "gpt2-124m" ≈ 30 min (TRL ≈ 18-25 s per iteration as
-shipped and without gc.collect, 15 s under bf16 autocast; ours ≈ 8 s, 9 s without oneDNN, 5.5 s under bf16, each
+shipped and without gc.collect, 15 s under bf16 autocast; ours ≈ 7.5 s, 8.7 s without oneDNN, 5.3 s under bf16, each
 plus ≈ 0.5 s per iteration for the peak `--paired-peak` measures before it). `--iters 10 --warmup 2`: 20 min.
 
 Each trainer runs in fp32 and under bf16 autocast (TRL: accelerate's; ours: RLHFConfig(bf16=True)); a bf16 row's
