@@ -12,8 +12,11 @@ so this also works on a machine without Jupyter, such as the GPU check's.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
+import os
 import re
+import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,24 +55,33 @@ def load_answers(notebook, names: list[str]) -> dict:
 
     Raises MissingAnswers naming what is wrong: a name no answer cell defines, a name whose cell is
     still the released stub (``raise NotImplementedError()``), or an answer cell that raises.
+
+    The cells run in the notebook's own folder, as Jupyter runs them: a cell that loads the answers of
+    another notebook by a relative path (the capstone's Part 0 may) finds it from any working folder.
     """
     path = Path(notebook)
     namespace: dict = {"__name__": f"answers_of_{path.stem}"}
     exec(PRELUDE, namespace)
     unsolved, stub_cells = set(), []
-    for grade_id, source in answer_cells(path):
-        before = set(namespace)
-        try:
-            exec(compile(source, f"{path.name}:{grade_id}", "exec"), namespace)
-        except NotImplementedError:
-            if _UNSOLVED not in source:
-                raise MissingAnswers(f"{path}: answer cell {grade_id!r} raises NotImplementedError") from None
-            stub_cells.append(grade_id)          # a released stub that raises at top level defines nothing
-            continue
-        except Exception as err:
-            raise MissingAnswers(f"{path}: answer cell {grade_id!r} raises {type(err).__name__}: {err}") from err
-        if _UNSOLVED in source:
-            unsolved |= set(namespace) - before | {grade_id}
+    cells = answer_cells(path)
+    here = os.getcwd()
+    os.chdir(path.resolve().parent)
+    try:
+        for grade_id, source in cells:
+            before = set(namespace)
+            try:
+                exec(compile(source, f"{path.name}:{grade_id}", "exec"), namespace)
+            except NotImplementedError:
+                if _UNSOLVED not in source:
+                    raise MissingAnswers(f"{path}: answer cell {grade_id!r} raises NotImplementedError") from None
+                stub_cells.append(grade_id)          # a released stub that raises at top level defines nothing
+                continue
+            except Exception as err:
+                raise MissingAnswers(f"{path}: answer cell {grade_id!r} raises {type(err).__name__}: {err}") from err
+            if _UNSOLVED in source:
+                unsolved |= set(namespace) - before | {grade_id}
+    finally:
+        os.chdir(here)
     missing = [n for n in names if n not in namespace]
     stubs = [n for n in names if n in unsolved]
     if missing or stubs:
@@ -82,6 +94,40 @@ def load_answers(notebook, names: list[str]) -> dict:
             what.append("answer cells still the released stub: " + ", ".join(stub_cells))
         raise MissingAnswers(f"{path}: " + "; ".join(what))
     return {n: namespace[n] for n in names}
+
+
+def _code_key(code: types.CodeType, skip_docstring: bool = False) -> tuple:
+    """What a code object computes, without where it was written: bytecode, constants (nested code
+    included), names. Moving a function or editing a comment or (``skip_docstring``: the first constant,
+    where CPython keeps a function's docstring, or None without one) its docstring leaves it unchanged;
+    editing the body does not."""
+    consts = code.co_consts[1:] if skip_docstring else code.co_consts
+    consts = tuple(_code_key(c) if isinstance(c, types.CodeType) else repr(c) for c in consts)
+    return code.co_code, consts, code.co_names, code.co_varnames
+
+
+def _describe(obj) -> str:
+    if isinstance(obj, (staticmethod, classmethod)):
+        obj = obj.__func__
+    if isinstance(obj, property):
+        return repr(tuple(_describe(f) for f in (obj.fget, obj.fset, obj.fdel) if f is not None))
+    if isinstance(obj, types.FunctionType):
+        consts = obj.__code__.co_consts
+        docstring_first = bool(consts) and consts[0] == obj.__doc__
+        return repr((_code_key(obj.__code__, docstring_first), repr(obj.__defaults__), repr(obj.__kwdefaults__)))
+    if isinstance(obj, type):
+        members = sorted((k, _describe(v)) for k, v in vars(obj).items()
+                         if not (k.startswith("__") and k.endswith("__")) or k == "__init__")
+        return repr((obj.__name__, [b.__name__ for b in obj.__bases__], members))
+    return repr(obj)
+
+
+def answers_fingerprint(answers: dict) -> dict:
+    """{name: short hash of what it computes} for graded functions and classes (``_code_key``): the capstone
+    stores it with a run, so that resuming with changed answers is refused instead of reusing stages the
+    old ones made. Functions that an answer calls but that are not among ``answers`` are not covered; the
+    hash of the same code differs between Python versions."""
+    return {name: hashlib.sha256(_describe(obj).encode()).hexdigest()[:16] for name, obj in sorted(answers.items())}
 
 
 def graded_constants(notebook: str | Path, names: list[str]) -> dict:

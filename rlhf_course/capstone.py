@@ -30,7 +30,9 @@ iterations and at the end), the SFT model and reward model, and the plots as PNG
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import datetime
 import json
 import math
 import os
@@ -47,7 +49,7 @@ import torch.nn.functional as F
 
 from rlhf_course import fast_gpt2
 from rlhf_course import textworld as tw
-from rlhf_course.answers import REPO, MissingAnswers, load_answers
+from rlhf_course.answers import REPO, MissingAnswers, answers_fingerprint, load_answers
 from rlhf_course.tiny_lm import _quiet_progress_bars
 from rlhf_course.rlhf_ppo import eval_prompts as rlhf_ppo_eval_prompts
 from rlhf_course.rlhf_ppo import (CheckpointError, FixedKLController, RLHFConfig, _gather_rows, distributed,
@@ -149,18 +151,19 @@ PRESETS: dict[str, CapstoneConfig] = {
         name="gpu", model="gpt2", device="cuda", bf16=True, threads=4, sft_examples=16_384, sft_steps=400,
         sft_batch_size=64, sft_lr=1e-4, pref_pairs=8192, pref_eval_pairs=1024, rm_steps=500, rm_batch_size=32,
         rm_lr=2e-5, ppo_iterations=200, eval_prompts=512, eval_every=10, checkpoint_every=20,
-        best_of_n=(1, 2, 4, 8, 16, 32, 64), best_of_n_samples=128,
+        best_of_n=(1, 2, 4, 8, 16, 32, 64), best_of_n_samples=128, adaptive_kl=True,
         ppo=RLHFConfig(batch_size=128, response_length=24, learning_rate=1e-5, num_ppo_epochs=4,
                        num_minibatches=4, gradient_accumulation_steps=1, init_kl_coef=0.05, kl_target=6.0,
                        kl_horizon=10_000, rollout_logprobs="forward")),
-    # The GPU check: the gpu preset, briefly (scripts/gpu_check.sh).
+    # The GPU check: the gpu preset, briefly (scripts/gpu_check.sh), its adaptive β included.
     "check": CapstoneConfig(
         name="check", model="gpt2", device="cuda", bf16=True, threads=4, sft_examples=2048, sft_steps=60,
         sft_batch_size=64, sft_lr=1e-4, pref_pairs=1024, pref_eval_pairs=256, rm_steps=60, rm_batch_size=32,
         rm_lr=2e-5, ppo_iterations=12, eval_prompts=128, eval_every=12, checkpoint_every=12,
-        best_of_n=(1, 4), best_of_n_samples=8,
+        best_of_n=(1, 4), best_of_n_samples=8, adaptive_kl=True,
         ppo=RLHFConfig(batch_size=128, response_length=24, learning_rate=1e-5, num_ppo_epochs=4,
-                       num_minibatches=4, init_kl_coef=0.05, rollout_logprobs="forward")),
+                       num_minibatches=4, init_kl_coef=0.05, kl_target=6.0, kl_horizon=10_000,
+                       rollout_logprobs="forward")),
 }
 """Named settings; ``python -m rlhf_course.capstone --preset NAME``. "auto" means gpu with CUDA, else cpu."""
 
@@ -502,17 +505,25 @@ def iteration_flops(*args, **kwargs) -> float:
     return sum(iteration_flops_by_phase(*args, **kwargs).values())
 
 
-GPU_BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
-                        "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
-"""Dense bf16 tensor-core peaks from the vendors' data sheets (V100 and T4: fp16), matched by name."""
+GPU_BF16_PEAK_TFLOPS = {"H200": 989.0, "H200 NVL": 835.0, "H100": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0,
+                        "A100": 312.0, "L40S": 362.0, "L40": 181.0, "L4": 121.0, "A10": 125.0, "RTX 4090": 165.0,
+                        "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
+"""Dense bf16 tensor-core peaks from the vendors' data sheets, matched by name (``gpu_peak_flops``). V100
+and T4: their fp16 figure, for the book's estimates; they have no bf16 tensor cores, so a run there is in
+fp32 (``native_bf16``) and the GPU check measures its fp32 peak instead."""
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True on a GPU with bf16 tensor cores (Ampere and later). torch.cuda.is_bf16_supported() alone also
+    says True where bf16 is only emulated (V100, T4), which is slower than fp32."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def gpu_peak_flops(device_name: str) -> float | None:
-    """The data-sheet dense bf16 peak of a GPU, by a substring of its name, in FLOP/s (None if unknown)."""
-    for key, tflops in GPU_BF16_PEAK_TFLOPS.items():
-        if key.lower() in device_name.lower():
-            return tflops * 1e12
-    return None
+    """The data-sheet dense bf16 peak of a GPU in FLOP/s, by the longest key of GPU_BF16_PEAK_TFLOPS in
+    its name ("NVIDIA H100 PCIe" is an H100 PCIe, not an SXM H100; an L40 is not an L4); None if unknown."""
+    keys = [key for key in GPU_BF16_PEAK_TFLOPS if key.lower() in device_name.lower()]
+    return GPU_BF16_PEAK_TFLOPS[max(keys, key=len)] * 1e12 if keys else None
 
 
 def measure_matmul_flops(device: torch.device, dtype=torch.float32, shape=(336, 768, 3072), reps: int = 20,
@@ -651,6 +662,10 @@ def run(cfg: CapstoneConfig, out, answers: dict, resume: bool = False, stop_afte
     rank, world = distributed()
     master = rank == 0
     device = resolve_device(cfg.device)
+    if cfg.bf16 and device.type == "cuda" and not native_bf16(device):
+        print(f"capstone: {_device_name(device)} has no bf16 tensor cores; running in fp32 (slower than on an "
+              f"Ampere or later GPU)", file=sys.stderr, flush=True)
+        cfg = replace(cfg, bf16=False).resolved()
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads)
     else:
@@ -662,7 +677,15 @@ def run(cfg: CapstoneConfig, out, answers: dict, resume: bool = False, stop_afte
         if resume and stored.exists() and json.loads(stored.read_text()) != _config_dict(cfg):
             raise RunError(f"{stored} was written with other settings: resume with the same --preset, --seed "
                            f"and overrides, or start a new --out")
+        # the saved stages were made by the answers the run began with: resuming with others would mix the two
+        fingerprint, stored_answers = answers_fingerprint(answers), out / "answers.json"
+        if resume and stored_answers.exists():
+            changed = [name for name, h in json.loads(stored_answers.read_text()).items() if fingerprint.get(name) != h]
+            if changed:
+                raise RunError(f"{', '.join(changed)} changed since the run in {out} began, and its saved stages "
+                               f"were made with the old code: start a new --out, or delete {out} to start over")
         _write_json(stored, _config_dict(cfg))
+        _write_json(stored_answers, fingerprint)
     _barrier()
 
     # 1. SFT (process 0; the others load its result)
@@ -1037,7 +1060,11 @@ def check(out, device: str = "cuda", answers_path=None, progress: bool = True) -
     B, R = cfg.ppo.batch_size, cfg.ppo.response_length
     flops = iteration_flops(sft_config["n_layer"], sft_config["n_embd"], sft_config["vocab_size"], B,
                             padded_prompt_length(out / "sft", B), R, cfg.ppo.num_ppo_epochs, cfg.ppo.rollout_logprobs)
-    if dev.type == "cuda":
+    if dev.type == "cuda" and not native_bf16(dev):                 # the run fell back to fp32 (``run``)
+        name = torch.cuda.get_device_name(dev)
+        peak, peak_what = measure_matmul_flops(dev, torch.float32, (8192, 8192, 8192)), "measured fp32 matmul"
+        memory = torch.cuda.max_memory_allocated(dev) / 2**30
+    elif dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
         peak, peak_what = gpu_peak_flops(name), "data-sheet dense bf16 peak"
         if peak is None:
@@ -1077,7 +1104,8 @@ def _check_main(argv: list[str]) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     try:
-        result = check(args.out, args.device, args.answers, progress=not args.quiet)
+        with contextlib.redirect_stdout(sys.stderr):            # stdout: the JSON line alone (`| jq` works)
+            result = check(args.out, args.device, args.answers, progress=not args.quiet)
     except (MissingAnswers, RunError) as err:
         return _fail(str(err))
     print(json.dumps(result))
@@ -1109,6 +1137,9 @@ def main(argv: list[str] | None = None) -> int:
                              "if present, else exercises/capstone/capstone.ipynb)")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default=None, help="override the preset's device")
     parser.add_argument("--iterations", type=int, default=None, help="override the preset's PPO iterations")
+    parser.add_argument("--kl-control", choices=["fixed", "adaptive"], default=None,
+                        help="override the preset's β: fixed at ppo.init_kl_coef (the cpu preset), or your "
+                             "AdaptiveKLController towards ppo.kl_target nats (the gpu preset)")
     parser.add_argument("--algo", choices=list(ALGO_SETTINGS), default="ppo",
                         help="the policy-gradient estimator of stage 4: ppo (GAE, value head; default), or "
                              "chapter 6's critic-free rloo or grpo with 4 responses per prompt")
@@ -1125,6 +1156,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["device"] = args.device
     if args.iterations is not None:
         overrides["ppo_iterations"] = args.iterations
+    if args.kl_control is not None:
+        overrides["adaptive_kl"] = args.kl_control == "adaptive"
     try:
         cfg = get_preset(args.preset, **overrides)
         cfg = replace(cfg, ppo=algo_config(cfg.ppo, args.algo))
@@ -1141,14 +1174,18 @@ def main(argv: list[str] | None = None) -> int:
         if ddp:
             if cfg.device != "cpu":                              # NCCL's collectives use the current device
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-            torch.distributed.init_process_group(backend="nccl" if cfg.device != "cpu" else "gloo")
+            # the others wait at a barrier while process 0 alone runs SFT, the reward model and best-of-n (and
+            # may first pretrain GPT-2's architecture): longer than the collectives' 10-minute default
+            torch.distributed.init_process_group(backend="nccl" if cfg.device != "cpu" else "gloo",
+                                                 timeout=datetime.timedelta(hours=2))
         summary = run(cfg, args.out, answers, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)
+        rank = distributed()[0]                                   # before the process group is destroyed
     except (MissingAnswers, RunError) as err:
         return _fail(str(err))
     finally:
         if ddp and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    if distributed()[0] == 0 and summary:
+    if rank == 0 and summary:
         if "stopped_after" in summary:
             print(f"stopped after {summary['stopped_after']} PPO iterations; continue with --resume")
         elif args.json:

@@ -177,7 +177,8 @@ def dpo_step(state: DPOState, cfg: DPOConfig, chosen, rejected, ref_chosen: torc
     g_c, g_r = loss_gradients(dpo_loss, pc, pr, rc, rr, cfg.beta)
 
     # 3. Backpropagate Σ g·ℓ: its gradient is the chain rule's ∇_θ L.
-    surrogate = (torch.as_tensor(g_c, dtype=lc.dtype) * lc).sum() + (torch.as_tensor(g_r, dtype=lc.dtype) * lr_).sum()
+    surrogate = ((torch.as_tensor(g_c, dtype=lc.dtype, device=lc.device) * lc).sum()
+                 + (torch.as_tensor(g_r, dtype=lc.dtype, device=lc.device) * lr_).sum())
     state.optimizer.zero_grad(set_to_none=True)
     surrogate.backward()
     clipped_step(state.optimizer, list(state.policy.parameters()), cfg.max_grad_norm)
@@ -217,7 +218,8 @@ def train_dpo(state: DPOState, cfg: DPOConfig, prefs, *, dpo_loss: Callable, cal
 
     start = time.perf_counter()
     torch.set_num_threads(cfg.torch_threads)
-    pairs = encode_pairs(state.tokenizer, prefs)
+    device = next(state.policy.parameters()).device
+    pairs = {side: tuple(t.to(device) for t in tensors) for side, tensors in encode_pairs(state.tokenizer, prefs).items()}
     ref_c, ref_r = reference_log_probs(state, cfg, pairs)
     rng = np.random.default_rng(cfg.seed)
     n = len(prefs)

@@ -177,6 +177,18 @@ def _mask(attention_mask: torch.Tensor, T: int, offset: int) -> torch.Tensor:
     return ((key <= query) & attention_mask[:, None, None, :].bool()) | (key == query)
 
 
+def attention_scale(attn, head_dim: int) -> float:
+    """The factor GPT-2's attention scores are multiplied by: ``attn.scaling`` where transformers has it
+    (releases from March 2026 on), else what it stands for, from the config flags earlier 5.x releases read."""
+    scaling = getattr(attn, "scaling", None)
+    if scaling is not None:
+        return scaling
+    scale = head_dim ** -0.5 if attn.scale_attn_weights else 1.0
+    if getattr(attn, "scale_attn_by_inverse_layer_idx", False):
+        scale /= float(attn.layer_idx + 1)
+    return scale
+
+
 def hidden_states(trunk, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                   position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
     """The last hidden state (B, T, E) of a GPT2Model on input_ids (B, T), after the final LayerNorm.
@@ -208,7 +220,7 @@ def hidden_states(trunk, input_ids: torch.Tensor, attention_mask: torch.Tensor |
         if cache is not None:
             k, v = cache.write(layer, k, v)                                                # (B, H, S, D)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                           scale=attn.scaling)                              # (B, H, T, D)
+                                           scale=attention_scale(attn, D))                  # (B, H, T, D)
         x = x + linear(attn.c_proj, y.transpose(1, 2).reshape(B, T, E))
         mlp = block.mlp
         x = x + linear(mlp.c_proj, mlp.act(linear(mlp.c_fc, block.ln_2(x))))

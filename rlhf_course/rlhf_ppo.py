@@ -1082,7 +1082,9 @@ def save_checkpoint(state: RLHFState, path) -> Path:
         "policy": state.policy.state_dict(),
         "value_head": state.value_head.state_dict(),
         "optimizer": state.optimizer.state_dict(),
-        "kl_ctl": {k: v for k, v in vars(state.kl_ctl).items() if isinstance(v, (int, float))},
+        # plain Python numbers: a learner's controller may hold np.float64, which weights_only loading refuses
+        "kl_ctl": {k: float(v) if isinstance(v, float) else int(v) for k, v in vars(state.kl_ctl).items()
+                   if isinstance(v, (int, float))},
         "iteration": state.iteration,
         "history": state.history,
     }

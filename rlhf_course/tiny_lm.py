@@ -39,7 +39,7 @@ import torch
 
 # huggingface_hub reads HF_HUB_OFFLINE once, when it is first imported (transformers imports it): set it
 # before that, or an unreachable hub costs ~50 s of retries. Nothing in the course downloads; set
-# HF_HUB_OFFLINE=0 before importing this module if you want transformers to reach the hub.
+# HF_HUB_OFFLINE=0 before importing this module if you want transformers (and _load_gpt2) to reach the hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
 
@@ -364,19 +364,36 @@ def tiny_lm_info(cache_dir=None, build: TinyLMBuild | None = None) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Policies
 # --------------------------------------------------------------------------------------------------
+GPT2_HUB_IDS = ("gpt2", "openai-community/gpt2")
+"""The names GPT-2 124 M is cached under: the hub's old short id and the one its pages use today; a
+cache holds whichever was downloaded (``huggingface-cli download openai-community/gpt2``, say)."""
+
+
+def hub_downloads_allowed() -> bool:
+    """True only where the learner set HF_HUB_OFFLINE=0 (or false/no/off) before importing this module."""
+    return os.environ.get("HF_HUB_OFFLINE", "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def _load_gpt2(name_or_path: str = "gpt2"):
-    """GPT-2 from local files only, with a distinct pad token, dropout off, in eval() mode."""
+    """GPT-2 with a distinct pad token, dropout off, in eval() mode: from local files only, unless
+    ``hub_downloads_allowed()``. "gpt2" tries both of its hub names (GPT2_HUB_IDS)."""
     import huggingface_hub.constants as hub_constants
     from transformers import AutoTokenizer
 
-    # Offline for this call even if transformers was imported before this module (see the top).
-    was_offline, hub_constants.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE, True
-    try:
-        with _quiet_progress_bars():
-            model = GPT2LMHeadModel.from_pretrained(name_or_path, local_files_only=True)
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
-    finally:
-        hub_constants.HF_HUB_OFFLINE = was_offline
+    local_only = not hub_downloads_allowed()
+    for i, name in enumerate(GPT2_HUB_IDS if name_or_path == "gpt2" else (name_or_path,)):
+        # Offline for this call even if transformers was imported before this module (see the top).
+        was_offline, hub_constants.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE, local_only
+        try:
+            with _quiet_progress_bars():
+                model = GPT2LMHeadModel.from_pretrained(name, local_files_only=local_only)
+                tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
+            break
+        except Exception:
+            if i == len(GPT2_HUB_IDS) - 1 or name_or_path != "gpt2":
+                raise
+        finally:
+            hub_constants.HF_HUB_OFFLINE = was_offline
     # GPT-2 has no pad token, and pad = eos would hide the real EOS: add a distinct one
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
@@ -401,7 +418,8 @@ def load_policy(name: str = "auto"):
     Returns:
         (model in eval() mode on CPU, tokenizer with a distinct pad token, description string).
     The hub is never contacted: importing this module sets HF_HUB_OFFLINE=1 (unless it is already set)
-    before transformers is imported, and ``local_files_only=True`` is passed.
+    before transformers is imported, and ``local_files_only=True`` is passed, unless you set
+    HF_HUB_OFFLINE=0 first: then GPT-2 is downloaded once into your Hugging Face cache.
     """
     if name not in ("auto", "gpt2", "tiny"):
         raise ValueError(f"name must be 'auto', 'gpt2' or 'tiny', got {name!r}")

@@ -139,6 +139,17 @@ def test_one_line_errors_with_exit_code_2(small_runs, tmp_path):
         ((*check, "--algo", "grpo", "--out", small_runs / "a", "--resume", "--answers", ANSWERS),
          ["other settings"]),
     ]
+    # resuming with an answer changed since the run began: its saved SFT model came from the old sft_loss
+    changed = tmp_path / "changed.ipynb"
+    nb = json.loads(ANSWERS.read_text())
+    cell = next(c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == "sft_loss")
+    source = "".join(cell["source"])
+    assert "return (nll * weights).sum() / weights.sum()" in source
+    cell["source"] = source.replace("return (nll * weights).sum() / weights.sum()",
+                                    "return (nll * weights).sum() / weights.sum().clamp(min=1)")
+    changed.write_text(json.dumps(nb))
+    cases.append(((*check, "--out", small_runs / "a", "--resume", "--answers", changed),
+                  ["sft_loss changed since", "start a new --out"]))
     if not torch.cuda.is_available():
         cases.append((("--preset", "gpu", "--out", tmp_path / "x", "--answers", ANSWERS), ["needs a CUDA GPU"]))
     for argv, words in cases:
@@ -240,7 +251,8 @@ def test_gpu_check_runs_on_a_cpu_without_the_course_tooling(tmp_path):
     proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--device", "cpu", "--quiet", "--answers", str(ANSWERS)],
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(proc.stdout.strip().splitlines()) == 1, f"stdout must be the JSON line alone: {proc.stdout[-2000:]}"
+    line = json.loads(proc.stdout)
     for key in ("device", "iteration_seconds", "generated_tokens_per_s", "mfu", "peak_memory_gib",
                 "gold_reward_start", "gold_reward_end"):
         assert key in line, key
@@ -249,12 +261,25 @@ def test_gpu_check_runs_on_a_cpu_without_the_course_tooling(tmp_path):
     assert line["peak_is"] in ("measured fp32 matmul (336x768x3072, torch's @)",
                                "measured fp32 matmul (336x768x3072, oneDNN)"), line["peak_is"]
     assert all(Path(p).is_file() for p in line["plots"])
+    # the gpu preset's β is the learner's AdaptiveKLController: it moves at every iteration
+    betas = [m["objective/kl_coef"] for m in cs.read_metrics(tmp_path / "check")]
+    assert len(set(betas)) == len(betas) == cs.get_preset("check", device="cpu").ppo_iterations, betas
     # the blocker does block: the check above can go red
     probe = subprocess.run([sys.executable, "-c", "import nbformat"], env=env, capture_output=True, text=True)
     assert probe.returncode != 0 and "not on the GPU machine" in probe.stderr
 
 
 # ------------------------------------------------------------------ oracles for the plumbing's math
+def test_gpu_peaks_take_the_most_specific_name():
+    peaks = {name: cs.gpu_peak_flops(name) for name in ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H200",
+                                                       "NVIDIA H200 NVL", "NVIDIA L40", "NVIDIA L40S", "NVIDIA L4",
+                                                       "NVIDIA A100-SXM4-40GB", "Some New GPU")}
+    assert peaks == {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H200": 989e12,
+                     "NVIDIA H200 NVL": 835e12, "NVIDIA L40": 181e12, "NVIDIA L40S": 362e12, "NVIDIA L4": 121e12,
+                     "NVIDIA A100-SXM4-40GB": 312e12, "Some New GPU": None}
+    assert not cs.native_bf16(torch.device("cpu"))
+
+
 def test_best_of_n_weights_match_enumerating_every_subset():
     rng = np.random.default_rng(0)
     for N in (1, 2, 5, 7):
@@ -345,6 +370,48 @@ def test_answers_are_taken_from_a_notebook_and_refused_clearly(tmp_path):
     with pytest.raises(MissingAnswers, match="cannot read"):
         load_answers(tmp_path / "absent.ipynb", ["f"])
     assert set(load_answers(ANSWERS, cs.ANSWERS)) == set(cs.ANSWERS)
+
+
+def test_answers_fingerprint_sees_code_not_where_it_was_written():
+    from rlhf_course.answers import answers_fingerprint
+
+    def run(source, name):
+        namespace = {}
+        exec(compile(source, "<cell>", "exec"), namespace)
+        return answers_fingerprint({name: namespace[name]})[name]
+
+    f = run("def f(x):\n    return x + 1\n", "f")
+    assert f == run("\n\n# moved, with a comment\ndef f(x):\n    return x + 1  # one more\n", "f")
+    assert f == run('def f(x):\n    """Now documented."""\n    return x + 1\n', "f")
+    assert f != run("def f(x):\n    return x + 2\n", "f") != run("def f(x, y=1):\n    return x + 1\n", "f")
+    cls = "class K:\n    def __init__(self, a):\n        self.a = a\n    def update(self, x):\n        return x * {}\n"
+    assert run(cls.format(2), "K") == run("\n" + cls.format(2), "K") != run(cls.format(3), "K")
+
+
+def test_answer_cells_run_in_their_notebooks_folder(tmp_path, monkeypatch):
+    """The capstone's Part 0 may load chapter 4's answers by a path relative to the notebook (README): the command
+    line, run from the course's root, must find them as Jupyter does, and leave the working folder as it was."""
+    def notebook(path, source):
+        cell = {"cell_type": "code", "metadata": {"nbgrader": {"solution": True, "grade_id": path.stem}},
+                "source": source, "outputs": [], "execution_count": None}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+        return path
+
+    notebook(tmp_path / "exercises/rlhf_ppo/rlhf_ppo.ipynb", "def masked_mean(x, m):\n    return 7.0\n")
+    capstone = notebook(tmp_path / "exercises/capstone/capstone.ipynb",
+                        "from rlhf_course.answers import load_answers\n"
+                        "globals().update(load_answers('../rlhf_ppo/rlhf_ppo.ipynb', ['masked_mean']))\n")
+    for cwd in (tmp_path, tmp_path / "exercises"):
+        monkeypatch.chdir(cwd)
+        assert load_answers(capstone.relative_to(cwd), ["masked_mean"])["masked_mean"](None, None) == 7.0
+        assert Path.cwd() == cwd
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MissingAnswers, match="cannot read the notebook ../rlhf_ppo/absent.ipynb"):
+        load_answers(notebook(tmp_path / "exercises/capstone/broken.ipynb",
+                              "from rlhf_course.answers import load_answers\n"
+                              "load_answers('../rlhf_ppo/absent.ipynb', ['f'])\n"), ["f"])
+    assert Path.cwd() == tmp_path
 
 
 def test_capstone_copies_of_chapter_answers_never_drift():

@@ -515,7 +515,54 @@ def test_gpt2_branch_adds_a_distinct_pad_and_turns_dropout_off(tmp_path, monkeyp
     assert out["query_response"].shape[1] == out["context_length"] + 4
 
 
+def test_gpt2_is_looked_up_under_both_hub_names_and_downloaded_only_when_allowed(tmp_path, monkeypatch):
+    """A cache may hold GPT-2 as "gpt2" or as "openai-community/gpt2": both are tried, offline, in that order;
+    HF_HUB_OFFLINE=0 (set by the learner) is the only way the loader lets transformers download."""
+    from rlhf_course import tiny_lm
+
+    checkpoint = make_gpt2_shaped_checkpoint(tmp_path)
+    tried, real = [], tiny_lm.GPT2LMHeadModel.from_pretrained
+
+    def from_pretrained(name, local_files_only):
+        tried.append((name, local_files_only))
+        if name != "openai-community/gpt2":
+            raise OSError(f"{name} is not in the cache")
+        return real(checkpoint, local_files_only=True)
+
+    monkeypatch.setattr(tiny_lm.GPT2LMHeadModel, "from_pretrained", from_pretrained)
+    import transformers
+    real_tokenizer = transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        lambda name, local_files_only: real_tokenizer(checkpoint, local_files_only=True))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, tok = tiny_lm._load_gpt2("gpt2")
+    assert tried == [("gpt2", True), ("openai-community/gpt2", True)] and tok.pad_token_id != tok.eos_token_id
+    tried.clear()
+    with pytest.raises(OSError, match="elsewhere is not in the cache"):
+        tiny_lm._load_gpt2("elsewhere")                     # a path or another name: that one only
+    assert tried == [("elsewhere", True)]
+    tried.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    tiny_lm._load_gpt2("gpt2")
+    assert tried == [("gpt2", False), ("openai-community/gpt2", False)]
+
+
 # ------------------------------------------------------------------ fast_gpt2: the same function, less overhead
+def test_attention_scale_without_transformers_scaling_attribute():
+    """transformers 5.x releases before March 2026 have no GPT2Attention.scaling: the factor comes from the
+    config flags it was computed from, equal to it where it exists."""
+    from transformers import GPT2Config, GPT2Model
+
+    from rlhf_course import fast_gpt2
+
+    for flags in ({}, {"scale_attn_weights": False}, {"scale_attn_by_inverse_layer_idx": True}):
+        trunk = GPT2Model(GPT2Config(n_layer=3, n_embd=32, n_head=4, vocab_size=50, n_positions=16, **flags))
+        for block in trunk.h:
+            want = block.attn.scaling
+            del block.attn.scaling
+            assert fast_gpt2.attention_scale(block.attn, 8) == pytest.approx(want, rel=1e-12), (flags, block.attn.layer_idx)
+            block.attn.scaling = 0.123
+            assert fast_gpt2.attention_scale(block.attn, 8) == 0.123
 def _through_onednn(monkeypatch) -> list:
     """Send every float32 product of fast_gpt2 through oneDNN, however small; returns a list that
     records each call of the kernel (the test is skipped where this torch has no usable kernel)."""
