@@ -172,9 +172,11 @@ def _pack_rows(token_lists: list[list[int]], row_len: int, eos_id: int) -> torch
 
 @torch.no_grad()
 def _heldout_loss(model, tokenizer, texts: list[str]) -> float:
-    """Mean next-token cross entropy (nats) over held-out reviews + EOS, first token excluded."""
-    ids = tokenizer([t + EOS_TOKEN for t in texts], padding=True, return_tensors="pt")
-    logits = model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).logits  # (N, T, V)
+    """Mean next-token cross entropy (nats) over held-out reviews + EOS, first token excluded, on the
+    model's device (GPT-2's architecture pretrained on a GPU: seconds there, minutes on one CPU thread)."""
+    ids = tokenizer([t + EOS_TOKEN for t in texts], padding=True, return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        logits = model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).logits  # (N, T, V)
     logprobs = logits[:, :-1].log_softmax(-1)                                         # token t+1 at t
     targets = ids.input_ids[:, 1:]
     mask = ids.attention_mask[:, 1:].float()
@@ -241,7 +243,8 @@ def _build(out_dir: Path, build: TinyLMBuild, progress: bool, device: str = "cpu
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         model.eval()
-        heldout_loss = _heldout_loss(model.cpu(), tokenizer, heldout)
+        heldout_loss = _heldout_loss(model, tokenizer, heldout)
+        model.cpu()
     finally:
         torch.set_num_threads(old_threads)
     heldout_ids = tokenizer(heldout).input_ids

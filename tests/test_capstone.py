@@ -138,7 +138,11 @@ def test_one_line_errors_with_exit_code_2(small_runs, tmp_path):
           REPO / "exercises/beyond_ppo/beyond_ppo.ipynb"), ["not implemented yet", "rloo_advantages"]),
         ((*check, "--algo", "grpo", "--out", small_runs / "a", "--resume", "--answers", ANSWERS),
          ["other settings"]),
+        # the check preset adapts β: a fixed β is another run's setting
+        ((*check, "--kl-control", "fixed", "--out", small_runs / "a", "--resume", "--answers", ANSWERS),
+         ["other settings"]),
     ]
+    assert cs.get_preset("check", device="cpu").adaptive_kl and not cs.get_preset("cpu").adaptive_kl
     # resuming with an answer changed since the run began: its saved SFT model came from the old sft_loss
     changed = tmp_path / "changed.ipynb"
     nb = json.loads(ANSWERS.read_text())
