@@ -24,8 +24,8 @@ from pathlib import Path
 import nbformat
 
 from autograder import feedback, sandbox
-from autograder.course import (COURSE_DIR, EXERCISES, SOLUTIONS, assignments, first_line, graded_cells, load_config,
-                               nbgrader_meta, notebooks, test_cell_id)
+from autograder.course import (COURSE_DIR, EXERCISES, REPO, SOLUTIONS, assignments, first_line, graded_cells,
+                               load_config, nbgrader_meta, notebooks, test_cell_id)
 
 CSV_FIELDS = ["student_id", "assignment", "score", "max_score", "status", "message"]
 
@@ -125,16 +125,55 @@ def _executor(config, sandboxed: bool):
     return (SandboxedExecute if sandboxed else VerifiedExecute)(config=config)
 
 
+def _as_graded(db_url: str, solution: Path, tmp: Path) -> Path:
+    """The solution notebook with the test cells the gradebook holds for it: the tests the students'
+    kernels run. An assignment graded before keeps the tests it was first graded with (``_warn_if_stale``),
+    and the outside check must record the solution against those, not against a newer solutions/ (where an
+    added assertion would make every correct submission's calls differ from the record). Unchanged: the
+    solution itself; else a copy of its folder under ``tmp`` with those cells' stored sources."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    name, nb_name = solution.parent.name, solution.stem
+    nb = nbformat.read(solution, as_version=4)
+    changed = False
+    with Gradebook(db_url) as gb:
+        for grade_id, cell in graded_cells(nb).items():
+            try:
+                stored = gb.find_source_cell(grade_id, nb_name, name).source
+            except MissingEntry:
+                continue
+            if cell.cell_type == "code" and stored != cell.source:
+                cell.source, changed = stored, True
+    if not changed:
+        return solution
+    folder = tmp / name
+    if not folder.exists():
+        shutil.copytree(solution.parent, folder)
+    nbformat.write(nb, folder / solution.name)
+    return folder / solution.name
+
+
 def _prepare_outside_check(config, names: list[str], course_dir: Path, sandboxed: bool, progress: bool,
                            jobs: int) -> None:
     """Record the solution's graded calls in every test cell (``autograder.verify``), once per version of
-    each solution notebook (``jobs`` at a time), and put them where the grader, not the sandbox, reads them."""
+    each solution notebook (``jobs`` at a time), and put them where the grader, not the sandbox, reads them.
+    The test cells are those of the gradebook (``_as_graded``), which the kernels run."""
+    if sandboxed:
+        from autograder.verify import cache_dir
+
+        if any(cache_dir().resolve().is_relative_to(root) for root in sandbox.read_only_roots()):
+            raise GradingError(f"the outside check's cache {cache_dir()} is inside a folder the sandbox can read: "
+                               "set AUTOGRADER_CACHE to a folder of the grader's own")
+    with tempfile.TemporaryDirectory(prefix="autograder-graded-") as tmp:
+        solutions = [_as_graded(config.CourseDirectory.db_url, SOLUTIONS / name / f"{nb}.ipynb", Path(tmp))
+                     for name in names for nb in notebooks(name)]
+        _record_outside_check(config, solutions, course_dir, sandboxed, progress, jobs)
+
+
+def _record_outside_check(config, solutions: list[Path], course_dir: Path, sandboxed: bool, progress: bool,
+                          jobs: int) -> None:
     from autograder.verify import cache_dir, cached_plan, outside_share
 
-    if sandboxed and any(cache_dir().resolve().is_relative_to(root) for root in sandbox.read_only_roots()):
-        raise GradingError(f"the outside check's cache {cache_dir()} is inside a folder the sandbox can read: "
-                           "set AUTOGRADER_CACHE to a folder of the grader's own")
-    solutions = [SOLUTIONS / name / f"{nb}.ipynb" for name in names for nb in notebooks(name)]
     plans = {path: cached_plan(path) for path in solutions}
     todo = [path for path, plan in plans.items() if plan is None]
     if todo and progress:      # a run takes up to a minute, and the lines below come only after them all
@@ -290,8 +329,8 @@ def _warn_if_stale(db_url: str, name: str) -> None:
                     stored = None
                 if stored != text:
                     print(f"warning: the gradebook holds an older version of {name}/{nb_name} (cell {grade_id}); "
-                          "grading uses the stored tests. Use a new --db to grade with the current solutions.",
-                          file=sys.stderr)
+                          "grading uses the stored tests (the outside check too). Use a new --db to grade with "
+                          "the current solutions.", file=sys.stderr)
                     return
 
 
@@ -561,10 +600,18 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
                            + f"; known assignments: {', '.join(assignments())}")
     _check_released(names)
     course_dir = Path(course_dir or COURSE_DIR).resolve()
+    if submissions == course_dir or submissions.is_relative_to(course_dir):
+        raise GradingError(f"the submissions folder {submissions} is inside the course dir {course_dir}, whose "
+                           "submitted/ and autograded/ folders grading empties and rewrites: copy the "
+                           "submissions elsewhere first, or use another --course-dir")
     db = Path(db or course_dir / "gradebook.db").resolve()
     out = Path(out).resolve()
     feedback_dir = Path(feedback_dir or out.parent / "feedback").resolve()
     _check_outputs(course_dir, db, out, feedback_dir)
+    exposed = [str(p) for p in (out, feedback_dir) if p.is_relative_to(REPO) and not p.is_relative_to(COURSE_DIR)]
+    if exposed and progress:
+        print(f"warning: {' and '.join(exposed)} inside the course repository {REPO}: grades and feedback are student "
+              "data; keep them out of git (an --out elsewhere, e.g. ~/grading/)", file=sys.stderr)
     class_students = students
     if shard is not None:      # after `names`: every shard grades the assignments the whole class handed in
         sharding.check_course_dir(course_dir, k, n)
@@ -622,7 +669,8 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
                 pool.shutdown(wait=True, cancel_futures=True)
             bar.close()
     rows = [rows[p] for p in pairs]
-    write_csv(out, rows)
+    kept = _other_assignments_rows(out, names)
+    write_csv(out, kept + rows)
     if progress:
         width = max((len(r["student_id"]) for r in rows), default=0)   # a shard may hold no student
         for r in rows:
@@ -631,7 +679,23 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
         if resumed:
             print(f"resumed: {resumed} of {len(rows)} rows were graded by an earlier run (--resume)")
         print(f"wrote {out} ({len(rows)} rows) and feedback HTML under {feedback_dir}")
+        if kept:
+            print(f"kept {len(kept)} row(s) of other assignments ({', '.join(sorted({r['assignment'] for r in kept}))}) "
+                  f"that {out.name} already held", file=sys.stderr)
     return rows
+
+
+def _other_assignments_rows(out: Path, names: list[str]) -> list[dict]:
+    """The rows of an existing grades CSV for assignments this run does not grade: week 3's run into
+    the same grades.csv keeps weeks 1-2. Nothing if the file is absent or not a grades CSV."""
+    try:
+        with open(out, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != CSV_FIELDS:
+                return []
+            return [row for row in reader if row["assignment"] not in names]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
 
 
 def write_csv(out: Path, rows: list[dict]) -> None:

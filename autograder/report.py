@@ -95,10 +95,12 @@ LMS_FORMATS = {
 
 
 def lms_csv(rows: list[dict], fmt: str, path: Path) -> None:
-    """One row per student, one column per assignment (score), in `fmt`'s import layout."""
+    """One row per student, one column per assignment (score), in `fmt`'s import layout. A submission
+    that is missing is left blank, not 0: importing a 0 would overwrite a grade entered in the LMS by hand
+    (a late submission, an extension, a notebook handed in under the wrong folder name)."""
     assignments = sorted({r["assignment"] for r in rows})
     students = sorted({r["student_id"] for r in rows})
-    score = {(r["student_id"], r["assignment"]): r["score"] for r in rows}
+    score = {(r["student_id"], r["assignment"]): "" if r["status"] == "missing" else r["score"] for r in rows}
     max_score = {r["assignment"]: r["max_score"] for r in rows}
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)

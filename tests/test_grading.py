@@ -407,11 +407,38 @@ def test_report_pass_rates_failures_histogram_and_lms_files(graded, tmp_path):
         canvas = list(csv.reader(f))
     assert canvas[0] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", ASSIGNMENT]
     assert canvas[1][0].strip() == "Points Possible" and canvas[1][-1] == "15"
-    assert {r[2]: r[-1] for r in canvas[2:]} == {s: r["score"] for s, r in rows.items()}
+    assert {r[2]: r[-1] for r in canvas[2:]} == {s: "" if r["status"] == "missing" else r["score"]
+                                                 for s, r in rows.items()}
     moodle = autograder("report", root / "out/grades.csv", "--course-dir", root / "course", "--out-dir",
                         tmp_path / "rep", "--format", "moodle", cwd=root)
     assert "report.md" in moodle.stdout and "report.md" in proc.stdout
     assert (tmp_path / "rep/grades_moodle.csv").read_text().splitlines()[0] == f"ID number,{ASSIGNMENT}"
+
+
+def test_lms_files_leave_a_missing_submission_blank(tmp_path):
+    """A 0 imported into an LMS overwrites what an instructor entered by hand (a late notebook, say): only a
+    graded submission gets a number; an unreadable notebook is graded, and scores 0."""
+    from autograder.report import lms_csv
+
+    rows = [dict(student_id=s, assignment="ppo", score=score, max_score="15", status=status, message="")
+            for s, score, status in (("ann", "12", "ok"), ("bo", "0", "missing"), ("cy", "0", "invalid"))]
+    for fmt, column in (("canvas", 2), ("moodle", 0)):
+        lms_csv(rows, fmt, tmp_path / f"{fmt}.csv")
+        with open(tmp_path / f"{fmt}.csv", newline="") as f:
+            got = {r[column]: r[-1] for r in csv.reader(f) if r[column] in ("ann", "bo", "cy")}
+        assert got == {"ann": "12", "bo": "", "cy": "0"}, (fmt, got)
+
+
+def test_a_run_keeps_the_csv_rows_of_assignments_it_does_not_grade(tmp_path):
+    from autograder.grading import CSV_FIELDS, _other_assignments_rows, write_csv
+
+    out = tmp_path / "grades.csv"
+    assert _other_assignments_rows(out, ["ppo"]) == []                      # no file yet
+    rows = [dict(zip(CSV_FIELDS, (s, a, "1", "2", "ok", ""))) for s in ("ann", "bo") for a in ("ppo", "capstone")]
+    write_csv(out, rows)
+    assert _other_assignments_rows(out, ["ppo"]) == [r for r in rows if r["assignment"] == "capstone"]
+    out.write_text("name,mark\nann,3\n")                                   # not a grades CSV: nothing kept
+    assert _other_assignments_rows(out, ["ppo"]) == []
 
 
 def test_report_of_a_file_that_is_not_a_grades_csv_is_a_one_line_error(tmp_path):

@@ -194,6 +194,18 @@ def test_unusable_output_paths_fail_before_grading(one_student, case):
     assert (root / "plain_file").read_text() == "not a folder"
 
 
+def test_submissions_inside_the_course_dir_are_refused_untouched(one_student):
+    """Collecting empties <course dir>/submitted/<student>/<assignment>/: grading that very folder would delete
+    each notebook before reading it."""
+    root = one_student
+    inside = root / "course" / "submitted"
+    shutil.copytree(root / "subs", inside)
+    before = {p: p.read_bytes() for p in inside.rglob("*.ipynb")}
+    proc = autograder("grade", inside, "--out", root / "g.csv", "--course-dir", root / "course", cwd=root, check=False)
+    assert "inside the course dir" in _one_line_error(proc)
+    assert before and {p: p.read_bytes() for p in inside.rglob("*.ipynb")} == before
+
+
 # --- a copy of the package, to break its config or its exercises without touching the real ones ---------
 
 @pytest.fixture

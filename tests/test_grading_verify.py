@@ -197,16 +197,20 @@ def test_the_trusted_runs_are_announced_before_they_start(tmp_path, monkeypatch,
         return {"cells": {}}, None
 
     monkeypatch.setattr(grading, "_record_trusted", record)
-    names = ["ppo", "reward_modeling"]
-    prepare = dict(config=None, names=names, course_dir=tmp_path / "course", sandboxed=False, progress=True, jobs=1)
-    grading._prepare_outside_check(**prepare)
+    # the solutions as _prepare_outside_check passes them on (_as_graded: unchanged since first graded)
+    from autograder.course import SOLUTIONS, notebooks
+
+    solutions = [SOLUTIONS / name / f"{nb}.ipynb" for name in ("ppo", "reward_modeling") for nb in notebooks(name)]
+    prepare = dict(config=None, solutions=solutions, course_dir=tmp_path / "course", sandboxed=False, progress=True,
+                   jobs=1)
+    grading._record_outside_check(**prepare)
     assert printed_before[0] == (f"outside check: running the solutions of {len(printed_before)} notebook(s) once "
                                  f"(cached in {tmp_path / 'cache'}) ...\n")
     assert all(not text for text in printed_before[1:])
     assert capsys.readouterr().err.count(" points, ") == len(printed_before)    # then one line per notebook
 
     monkeypatch.setattr(verify, "cached_plan", lambda path: {"cells": {}})
-    grading._prepare_outside_check(**prepare)
+    grading._record_outside_check(**prepare)
     assert "outside check" not in capsys.readouterr().err
 
 
@@ -395,3 +399,47 @@ def test_records_far_larger_than_the_recorder_writes_are_not_parsed(monkeypatch)
     assert executor._records() is None
     monkeypatch.setattr(executor, "_request", reply_with("not JSON"))
     assert executor._records() is None
+
+
+def test_the_outside_check_records_the_solution_against_the_gradebooks_tests(tmp_path, monkeypatch):
+    """An assignment graded before keeps the test cells it was first graded with; when solutions/ has changed
+    since, the solution must be recorded against those stored cells (what the kernels run), or every correct
+    submission's calls differ from the record (a hidden assertion added, one call more)."""
+    import nbformat
+    import nbgrader.api
+
+    from autograder import SOLUTIONS
+    from autograder.course import graded_cells
+    from autograder.grading import _as_graded
+
+    solution = SOLUTIONS / "rlhf_ppo" / "rlhf_ppo.ipynb"
+    cells = {gid: c.source for gid, c in graded_cells(nbformat.read(solution, as_version=4)).items()}
+    changed_id = next(iter(cells))
+    stored = dict(cells, **{changed_id: cells[changed_id] + "\nassert True  # as first graded\n"})
+
+    class Gradebook:                       # the gradebook's stored source cells, and nothing else
+        def __init__(self, url):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def find_source_cell(self, grade_id, notebook, assignment):
+            assert (notebook, assignment) == ("rlhf_ppo", "rlhf_ppo")
+            if grade_id not in current:
+                raise nbgrader.api.MissingEntry()
+            return type("Cell", (), {"source": current[grade_id]})
+
+    monkeypatch.setattr(nbgrader.api, "Gradebook", Gradebook)
+    current = cells
+    assert _as_graded("sqlite://", solution, tmp_path) == solution          # nothing changed: the solution
+    current = stored
+    graded = _as_graded("sqlite://", solution, tmp_path)
+    assert graded.parent.name == "rlhf_ppo" and graded.name == solution.name and graded != solution
+    got = {gid: c.source for gid, c in graded_cells(nbformat.read(graded, as_version=4)).items()}
+    assert got == stored
+    assert sorted(p.name for p in graded.parent.iterdir()) == sorted(p.name for p in solution.parent.iterdir())
+    assert solution.read_bytes() != graded.read_bytes()
