@@ -360,6 +360,7 @@ def _collect(student_dir: Path, name: str, dest: Path, row: Row) -> list[str]:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
+    _copy_exchange_files(folder, dest, row)
     graded = []
     for nb_name in expected:
         if nb_name not in present:
@@ -394,6 +395,28 @@ def _collect(student_dir: Path, name: str, dest: Path, row: Row) -> list[str]:
         nbformat.write(nb, dest / f"{nb_name}.ipynb")
         graded.append(nb_name)
     return graded
+
+
+def _copy_exchange_files(folder: Path, dest: Path, row: Row) -> None:
+    """Keep what ``nbgrader collect`` puts beside the notebooks: timestamp.txt (the submission time, which
+    the gradebook records for late submissions) and submission_secret.txt. nbgrader carries both on to
+    feedback/, where ``nbgrader release_feedback`` needs them, byte for byte: it names the handed-out page
+    by a hash of both, which the student's ``fetch_feedback`` computes again from its own copies. An
+    unreadable time is left out with a warning (nbgrader would refuse to grade the submission)."""
+    from nbgrader.utils import parse_utc
+
+    for name in ("timestamp.txt", "submission_secret.txt"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = path.read_bytes()
+            if name == "timestamp.txt":
+                parse_utc(data.decode("utf-8").strip())
+        except (OSError, UnicodeDecodeError, ValueError, OverflowError):
+            row.note("warning", f"{name} is not a time nbgrader can read: submission time not recorded")
+            continue
+        (dest / name).write_bytes(data)
 
 
 def _autograde_failure(result: dict) -> str:

@@ -275,3 +275,23 @@ def test_book_chapters_show_no_hidden_test_line():
     assert line in (REPO / "book" / "rlhf_update_rules.md").read_text() and line not in hidden
     for page in sorted((REPO / "book").rglob("*.md")):
         assert leaked(hidden, page.read_text()) == [], page
+
+
+def test_nbgrader_collects_timestamp_and_secret_are_kept_byte_for_byte(tmp_path):
+    """`nbgrader release_feedback` names the handed-out page by a hash of timestamp.txt and submission_secret.txt,
+    which the student's fetch_feedback recomputes from its own copies: they must reach nbgrader unchanged.
+    A time nbgrader cannot parse would make it refuse the submission: left out, with a warning."""
+    from autograder.grading import Row, _copy_exchange_files
+
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir(), dest.mkdir()
+    (src / "timestamp.txt").write_bytes(b"2026-12-01 10:00:00.000000 UTC")          # as nbgrader submit writes it
+    (src / "submission_secret.txt").write_bytes(b"e3b0c44298fc")
+    row = Row("ann", "ppo", max_score=1.0)
+    _copy_exchange_files(src, dest, row)
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == {p.name: p.read_bytes() for p in src.iterdir()}
+    assert row.status == "ok"
+    (src / "timestamp.txt").write_text("yesterday-ish")
+    (dest / "timestamp.txt").unlink()
+    _copy_exchange_files(src, dest, row)
+    assert not (dest / "timestamp.txt").exists() and row.status == "warning" and "timestamp.txt" in row.as_dict()["message"]
