@@ -653,7 +653,8 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
 
     pairs = [(s, n) for s in students for n in names]
     rows: dict[tuple[str, str], dict] = {}
-    keys = {(s, n): _submission_key(submissions, s, n, config.Execute.timeout, sandboxed) for s, n in pairs}
+    keys = {(s, n): _submission_key(submissions, s, n, config.Execute.timeout, sandboxed, db, feedback_dir)
+            for s, n in pairs}
     if shard is not None:
         sharding.write_manifest(course_dir, k, n, class_students, names, config.Execute.timeout, sandboxed,
                                 max_scores, db, keys)
@@ -762,10 +763,13 @@ def _grade_job(pair: tuple[str, str]) -> tuple[dict, list[dict]]:
     return row.as_dict(), row.cells
 
 
-def _submission_key(submissions: Path, student: str, name: str, timeout, sandboxed: bool) -> str:
+def _submission_key(submissions: Path, student: str, name: str, timeout, sandboxed: bool, db: Path | None = None,
+                    feedback_dir: Path | None = None) -> str:
     """A fingerprint of everything a submission's grade depends on: its files, the released notebooks
-    (whose test cells the submission is checked against), the time limit and the sandbox."""
-    h = hashlib.sha256(json.dumps([student, name, timeout, sandboxed]).encode())
+    (whose test cells the submission is checked against), the time limit and the sandbox; and of where the
+    grading put its results, the gradebook and the feedback folder: a resumed row's scores and page are
+    there, so ``--resume`` with another --db or --out grades again instead of leaving them empty."""
+    h = hashlib.sha256(json.dumps([student, name, timeout, sandboxed, str(db), str(feedback_dir)]).encode())
     folder = submissions / student / name
     for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
         h.update(str(path.relative_to(folder)).encode() + b"\0")

@@ -62,3 +62,15 @@ def test_a_killed_run_resumes_and_matches_a_clean_run(tmp_path):
     again = subprocess.run(_grade_cmd(subs, clean, "--resume"), cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 0 and "resumed: 3 of 4 rows" in again.stdout, again.stdout[-2000:]
     assert float(read_grades(clean / "grades.csv")["dee"]["score"]) == 15.0
+
+
+def test_resume_reuses_a_row_only_where_its_gradebook_and_feedback_are(tmp_path):
+    """A saved row's scores live in its gradebook and its page in its feedback folder: `--resume` with a new --db
+    (the README's fresh start) or a new --out must grade again, or the new gradebook stays empty."""
+    from autograder.grading import _submission_key
+
+    (tmp_path / "subs" / "ann" / "ppo").mkdir(parents=True)
+    (tmp_path / "subs" / "ann" / "ppo" / "ppo.ipynb").write_text("{}")
+    key = lambda db, fb: _submission_key(tmp_path / "subs", "ann", "ppo", 120, True, tmp_path / db, tmp_path / fb)  # noqa: E731
+    assert key("g.db", "feedback") == key("g.db", "feedback")
+    assert len({key("g.db", "feedback"), key("fresh.db", "feedback"), key("g.db", "week2/feedback")}) == 3
