@@ -220,8 +220,11 @@ def _record_trusted(solution: Path) -> tuple[dict | None, str | None]:
         executor.timeout = max(config.Execute.timeout or 0, 300)   # the solution must not fail on time
         with _setenv(NBGRADER_EXECUTION="autograde"):
             executor.preprocess(nb, {"metadata": {"path": str(workdir)}})
-        failed = [gid for cell in nb.cells if (gid := test_cell_id(cell))
-                  and any(o.get("output_type") == "error" for o in cell.get("outputs", []))]
+        # each failed cell with its error: a solution that fails in the sandbox alone (a package the
+        # kernel cannot import, say) must say why, not only where
+        failed = [f"{gid} ({error.get('ename')}: {first_line(str(error.get('evalue', '')))[:200]})"
+                  for cell in nb.cells if (gid := test_cell_id(cell))
+                  for error in [o for o in cell.get("outputs", []) if o.get("output_type") == "error"][:1]]
         return executor.records, failed
 
     try:
@@ -334,12 +337,22 @@ def _warn_if_stale(db_url: str, name: str) -> None:
                     return
 
 
+def _assignment_folder(student_dir: Path, name: str) -> Path:
+    """<student>/<assignment>/; or, when one assignment is graded (``--assignment NAME``), the student's
+    folder itself if it holds notebooks and no such subfolder: an LMS download of one assignment unzipped
+    into a folder per student (Moodle's layout)."""
+    folder = student_dir / name
+    if not folder.is_dir() and _JOB.get("flat") and any(student_dir.glob("*.ipynb")):
+        return student_dir
+    return folder
+
+
 def _collect(student_dir: Path, name: str, dest: Path, row: Row) -> list[str]:
     """Copy one student's notebooks for one assignment into nbgrader's submitted/ folder.
 
     Returns the notebook names that will be graded; records on `row` everything unusual.
     """
-    folder = student_dir / name
+    folder = _assignment_folder(student_dir, name)
     if not folder.is_dir():
         row.note("missing", f"no {name}/ folder in the submission")
         return []
@@ -618,9 +631,14 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
     names = only or [n for n in assignments() if any((submissions / s / n).is_dir() for s in students)]
     strays = _unknown_assignment_folders(submissions, students)
     if not names:
+        flat = any(any((submissions / s).glob("*.ipynb")) for s in students)
         raise GradingError(f"no <student_id>/<assignment>/ folders under {submissions}"
                            + (f" (found only {', '.join(strays)})" if strays else "")
+                           + (" (the student folders hold notebooks directly: name their assignment with "
+                              "--assignment NAME)" if flat else "")
                            + f"; known assignments: {', '.join(assignments())}")
+    _JOB.clear()
+    _JOB["flat"] = bool(only) and len(names) == 1     # <student>/<notebook>.ipynb: see _assignment_folder
     _check_released(names)
     course_dir = Path(course_dir or COURSE_DIR).resolve()
     if submissions == course_dir or submissions.is_relative_to(course_dir):
@@ -770,7 +788,7 @@ def _submission_key(submissions: Path, student: str, name: str, timeout, sandbox
     grading put its results, the gradebook and the feedback folder: a resumed row's scores and page are
     there, so ``--resume`` with another --db or --out grades again instead of leaving them empty."""
     h = hashlib.sha256(json.dumps([student, name, timeout, sandboxed, str(db), str(feedback_dir)]).encode())
-    folder = submissions / student / name
+    folder = _assignment_folder(submissions / student, name)
     for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
         h.update(str(path.relative_to(folder)).encode() + b"\0")
         if path.is_file() and not path.is_symlink():

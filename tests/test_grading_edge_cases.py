@@ -295,3 +295,20 @@ def test_nbgrader_collects_timestamp_and_secret_are_kept_byte_for_byte(tmp_path)
     (dest / "timestamp.txt").unlink()
     _copy_exchange_files(src, dest, row)
     assert not (dest / "timestamp.txt").exists() and row.status == "warning" and "timestamp.txt" in row.as_dict()["message"]
+
+
+def test_a_download_of_one_assignment_with_notebooks_in_each_student_folder(tmp_path):
+    """Moodle unzips one assignment into a folder per student holding the notebook itself: graded with
+    --assignment NAME; without it, the one-line error says to name it."""
+    subs = tmp_path / "subs"
+    (subs / "ann").mkdir(parents=True)
+    nbformat.write(_correct(), subs / "ann" / f"{NOTEBOOK}.ipynb")
+    (subs / "bo").mkdir()
+    nbformat.write(stub(ASSIGNMENT, NOTEBOOK), subs / "bo" / f"{NOTEBOOK}.ipynb")
+    proc = autograder("grade", subs, "--out", tmp_path / "g.csv", "--course-dir", tmp_path / "course", cwd=tmp_path,
+                      check=False)
+    assert "--assignment NAME" in _one_line_error(proc)
+    autograder("grade", subs, "--assignment", ASSIGNMENT, "--out", tmp_path / "g.csv", "--course-dir",
+               tmp_path / "course", "--jobs", "1", "--quiet", cwd=tmp_path)
+    rows = read_grades(tmp_path / "g.csv")
+    assert (float(rows["ann"]["score"]), float(rows["bo"]["score"])) == (FULL, 0.0), rows

@@ -443,3 +443,24 @@ def test_the_outside_check_records_the_solution_against_the_gradebooks_tests(tmp
     assert got == stored
     assert sorted(p.name for p in graded.parent.iterdir()) == sorted(p.name for p in solution.parent.iterdir())
     assert solution.read_bytes() != graded.read_bytes()
+
+
+def test_a_solution_failing_the_outside_check_says_why(monkeypatch):
+    """The solution ran in the sandbox alone (where, say, the course's package cannot be imported): the error
+    names each failing cell with its error, not only the cells."""
+    from autograder import grading
+    from autograder.course import SOLUTIONS, test_cell_id
+
+    class FailingKernel:
+        records: dict = {}
+
+        def preprocess(self, nb, resources):
+            first = next(c for c in nb.cells if test_cell_id(c))
+            first.outputs = [{"output_type": "error", "ename": "ModuleNotFoundError",
+                              "evalue": "No module named 'rlhf_course'\nmore", "traceback": []}]
+
+    monkeypatch.setattr(grading, "_executor", lambda config, sandboxed: FailingKernel())
+    monkeypatch.setattr(grading, "_TRUSTED", {"config": type("C", (), {"Execute": type("E", (), {"timeout": 5})}),
+                                              "sandboxed": False})
+    plan, error = grading._record_trusted(SOLUTIONS / "rlhf_update_rules" / "rlhf_update_rules.ipynb")
+    assert plan is None and "(ModuleNotFoundError: No module named 'rlhf_course')" in error, error
