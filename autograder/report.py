@@ -35,18 +35,28 @@ def read_rows(grades_csv: Path) -> list[dict]:
     return rows
 
 
-def read_cells(course_dir: Path, rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """(student, assignment) -> its test cells as `grade` saved them ([] when it saved none)."""
+def read_cells(course_dir: Path, rows: list[dict]) -> tuple[dict[tuple[str, str], list[dict]], list[str]]:
+    """(student, assignment) -> its test cells as `grade` saved them ([] when it saved none), and the
+    "student/assignment" of each saved result that is not this CSV's row (another run's: a different score
+    or status, as when --course-dir names another run's folder), whose cells are left out."""
     import json
 
-    out = {}
+    out, foreign = {}, []
     for r in rows:
+        key = r["student_id"], r["assignment"]
         path = course_dir / "results" / r["student_id"] / f"{r['assignment']}.json"
         try:
-            out[r["student_id"], r["assignment"]] = json.loads(path.read_text(encoding="utf-8")).get("cells") or []
-        except (OSError, ValueError):
-            out[r["student_id"], r["assignment"]] = []
-    return out
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            row = saved.get("row") or {}
+            cells = saved.get("cells") or []
+        except (OSError, ValueError, AttributeError):
+            out[key] = []
+            continue
+        if cells and (str(row.get("score")) != r["score"] or row.get("status") != r["status"]):
+            foreign.append(f"{r['student_id']}/{r['assignment']}")
+            cells = []
+        out[key] = cells
+    return out, foreign
 
 
 def cell_statistics(rows: list[dict], cells: dict) -> dict[str, dict[str, dict]]:
@@ -125,9 +135,15 @@ def report(grades_csv: Path, out_dir: Path | None = None, course_dir: Path | Non
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ReportError(f"cannot create {out_dir}: {exc.strerror or exc}") from None
-    cells = read_cells(course_dir, rows)
+    cells, foreign = read_cells(course_dir, rows)
     stats = cell_statistics(rows, cells)
     lines = [f"# Grading report: {grades_csv.name}", ""]
+    if foreign:
+        warning = (f"{len(foreign)} saved result(s) in {course_dir / 'results'} are not this CSV's rows (another "
+                   f"run's, or another --course-dir's): {', '.join(foreign[:5])}{' …' if len(foreign) > 5 else ''}; "
+                   "their cells are left out of the tables")
+        print(f"warning: {warning}", file=sys.stderr)
+        lines += [f"**Warning:** {warning}.", ""]
     for assignment in sorted({r["assignment"] for r in rows}):
         mine = [r for r in rows if r["assignment"] == assignment]
         graded = [r for r in mine if r["status"] in ("ok", "warning")]

@@ -429,6 +429,24 @@ def test_lms_files_leave_a_missing_submission_blank(tmp_path):
         assert got == {"ann": "12", "bo": "", "cy": "0"}, (fmt, got)
 
 
+def test_report_leaves_out_results_of_another_run(tmp_path, capsys):
+    """`report` with another run's --course-dir: a saved result whose score is not the CSV's is another run's;
+    its cells would describe a submission the CSV does not grade, so they are left out, with a warning."""
+    from autograder.grading import CSV_FIELDS, write_csv
+    from autograder.report import report
+
+    rows = [dict(zip(CSV_FIELDS, (s, "ppo", score, "15", "ok", ""))) for s, score in (("ann", "15"), ("bo", "6"))]
+    write_csv(tmp_path / "grades.csv", rows)
+    for student, score, passed in (("ann", "15", 3.0), ("bo", "15", 3.0)):     # bo's is another run's (15, not 6)
+        path = tmp_path / "course" / "results" / student / "ppo.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"key": "k", "row": dict(zip(CSV_FIELDS, (student, "ppo", score, "15", "ok", ""))),
+                                    "cells": [{"cell": "test_a", "score": passed, "max_score": 3.0}]}))
+    text = report(tmp_path / "grades.csv", course_dir=tmp_path / "course").read_text()
+    assert "bo/ppo" in capsys.readouterr().err and "**Warning:**" in text
+    assert "| `test_a` | 3 | 1/1 | 100% |" in text, text
+
+
 def test_a_run_keeps_the_csv_rows_of_assignments_it_does_not_grade(tmp_path):
     from autograder.grading import CSV_FIELDS, _other_assignments_rows, write_csv
 
