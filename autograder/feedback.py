@@ -26,8 +26,10 @@ Follow-on errors. A cell whose only error is ``NameError: name 'X' is not define
 cell that raised binds ``X`` at its top level (in the student's version of that cell or in the released
 one), failed *only* because that earlier cell did: the name is unbound exactly because its cell stopped
 before binding it. Such a cell keeps its score (0: it did fail) but its traceback is replaced by one line
-naming the cell to fix first. Anything else (a NameError for a name no failing cell binds, a wrong
-value produced by a function that did run) is the cell's own failure and is shown as it is.
+naming the cell to fix first. The same holds for a name that a test cell the student deleted binds in
+the released notebook (the capstone's Parts D-E use the models Part C's cell makes): the line says to put
+that cell back. Anything else (a NameError for a name no failing cell binds, a wrong value produced by a
+function that did run) is the cell's own failure and is shown as it is.
 """
 from __future__ import annotations
 
@@ -206,15 +208,15 @@ def _unbound_name(error) -> str | None:
     return match.group(1) if match else None
 
 
-def _released_sources(resources: dict) -> dict[str, str]:
-    """grade_id -> source of each cell of the released notebook this one was graded against ({} if none)."""
+def _released_cells(resources: dict) -> dict:
+    """grade_id -> cell of the released notebook this one was graded against ({} if none)."""
     info = resources.get("nbgrader", {})
     path = EXERCISES / str(info.get("assignment")) / f"{info.get('notebook')}.ipynb"
     try:
         nb = nbformat.read(path, as_version=4)
     except (OSError, ValueError):
         return {}
-    return {grade_id: c.source for c in nb.cells if (grade_id := nbgrader_meta(c).get("grade_id"))}
+    return {grade_id: c for c in nb.cells if (grade_id := nbgrader_meta(c).get("grade_id"))}
 
 
 class FeedbackNotes(Preprocessor):
@@ -227,8 +229,13 @@ class FeedbackNotes(Preprocessor):
 
 
     def preprocess(self, nb, resources):
-        released = _released_sources(resources)
-        failed: list[tuple[str, set[str], str]] = []    # (cell label, names it binds, its error): latest last
+        cells = _released_cells(resources)
+        released = {grade_id: c.source for grade_id, c in cells.items()}
+        present = {nbgrader_meta(c).get("grade_id") for c in nb.cells}
+        # (cell label, names it binds, why it did not bind them): latest last; deleted test cells first
+        failed: list[tuple[str, set[str], str]] = [
+            (grade_id, bound_names(c.source), "was deleted from your notebook: put it back from the released one")
+            for grade_id, c in cells.items() if grade_id not in present and is_test_cell(c)]
         for index, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
                 continue
@@ -247,7 +254,7 @@ class FeedbackNotes(Preprocessor):
                         output["traceback"] = [_one_line(output)]
             if error is not None:
                 names = bound_names(cell.source) | bound_names(released.get(meta.get("grade_id"), ""))
-                failed.append((label, names, cause or _one_line(error)))
+                failed.append((label, names, f"failed ({cause or _one_line(error)}): fix it first"))
         return nb, resources
 
     @staticmethod
@@ -257,7 +264,7 @@ class FeedbackNotes(Preprocessor):
         for label, names, why in reversed(failed):
             if name and name in names:
                 return (f"not run to the end: it uses {name}, which the cell {label} above should define, "
-                        f"but that cell failed ({why}): fix it first")
+                        f"but that cell {why}")
         return ""
 
     @staticmethod

@@ -115,6 +115,26 @@ def test_a_name_the_failed_cell_should_bind_makes_the_error_a_follow_on(tmp_path
     assert "cell 3 above" in nb.cells[3].metadata["feedback"]["message"]
 
 
+def test_a_name_a_deleted_test_cell_binds_makes_the_error_a_follow_on(tmp_path, monkeypatch):
+    # The capstone's Part C cell makes the SFT model Parts D-E use: deleted, it scores 0, and the cells after it
+    # say to put it back instead of showing a bare NameError.
+    import autograder.feedback as feedback
+
+    (tmp_path / "hw").mkdir()
+    released = nbformat.v4.new_notebook(cells=[
+        _cell('"""Part C: the micro-run."""\nsft_model = train()\nassert sft_model\n', "test_c", [], 2, None),
+        _cell('"""Part D: from the Part C model."""\nassert sft_model\n', "test_d", [], 2, None)])
+    nbformat.write(released, tmp_path / "hw" / "hw.ipynb")
+    monkeypatch.setattr(feedback, "EXERCISES", tmp_path)
+    nb = nbformat.v4.new_notebook(cells=[     # test_c deleted
+        _cell('"""Part D: from the Part C model."""\nassert sft_model\n', "test_d",
+              [_error("NameError", "name 'sft_model' is not defined")], 2, 0)])
+    nb, _ = FeedbackNotes().preprocess(nb, {"nbgrader": {"assignment": "hw", "notebook": "hw"}})
+    note = nb.cells[0].metadata["feedback"]
+    assert note["status"] == "follow-on" and "cell test_c above" in note["message"], note
+    assert "deleted from your notebook" in note["message"] and nb.cells[0].outputs == []
+
+
 def test_message_templates_of_every_kind_and_a_hostile_message_in_linear_time():
     import time
 
