@@ -337,22 +337,22 @@ def _warn_if_stale(db_url: str, name: str) -> None:
                     return
 
 
-def _assignment_folder(student_dir: Path, name: str) -> Path:
-    """<student>/<assignment>/; or, when one assignment is graded (``--assignment NAME``), the student's
-    folder itself if it holds notebooks and no such subfolder: an LMS download of one assignment unzipped
-    into a folder per student (Moodle's layout)."""
+def _assignment_folder(student_dir: Path, name: str, flat: bool = False) -> Path:
+    """<student>/<assignment>/; or, with ``flat`` (one assignment named by ``--assignment NAME``), the
+    student's folder itself if it holds notebooks and no such subfolder: an LMS download of one assignment
+    unzipped into a folder per student (Moodle's layout)."""
     folder = student_dir / name
-    if not folder.is_dir() and _JOB.get("flat") and any(student_dir.glob("*.ipynb")):
+    if not folder.is_dir() and flat and any(student_dir.glob("*.ipynb")):
         return student_dir
     return folder
 
 
-def _collect(student_dir: Path, name: str, dest: Path, row: Row) -> list[str]:
+def _collect(student_dir: Path, name: str, dest: Path, row: Row, flat: bool = False) -> list[str]:
     """Copy one student's notebooks for one assignment into nbgrader's submitted/ folder.
 
     Returns the notebook names that will be graded; records on `row` everything unusual.
     """
-    folder = _assignment_folder(student_dir, name)
+    folder = _assignment_folder(student_dir, name, flat)
     if not folder.is_dir():
         row.note("missing", f"no {name}/ folder in the submission")
         return []
@@ -553,9 +553,9 @@ def _check_outputs(course_dir: Path, db: Path, out: Path, feedback_dir: Path) ->
 
 
 def _grade_one(api, config, submissions: Path, course_dir: Path, feedback_dir: Path, student: str, name: str,
-               row: Row) -> None:
+               row: Row, flat: bool = False) -> None:
     """Collect, autograde and give feedback for one student × assignment; record everything on `row`."""
-    graded = _collect(submissions / student, name, course_dir / "submitted" / student / name, row)
+    graded = _collect(submissions / student, name, course_dir / "submitted" / student / name, row, flat)
     if not graded:
         return
     result = api.autograde(name, student, force=True, create=True)
@@ -631,14 +631,13 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
     names = only or [n for n in assignments() if any((submissions / s / n).is_dir() for s in students)]
     strays = _unknown_assignment_folders(submissions, students)
     if not names:
-        flat = any(any((submissions / s).glob("*.ipynb")) for s in students)
+        notebooks_in_student_folders = any(any((submissions / s).glob("*.ipynb")) for s in students)
         raise GradingError(f"no <student_id>/<assignment>/ folders under {submissions}"
                            + (f" (found only {', '.join(strays)})" if strays else "")
                            + (" (the student folders hold notebooks directly: name their assignment with "
-                              "--assignment NAME)" if flat else "")
+                              "--assignment NAME)" if notebooks_in_student_folders else "")
                            + f"; known assignments: {', '.join(assignments())}")
-    _JOB.clear()
-    _JOB["flat"] = bool(only) and len(names) == 1     # <student>/<notebook>.ipynb: see _assignment_folder
+    flat = bool(only) and len(names) == 1              # <student>/<notebook>.ipynb: see _assignment_folder
     _check_released(names)
     course_dir = Path(course_dir or COURSE_DIR).resolve()
     if submissions == course_dir or submissions.is_relative_to(course_dir):
@@ -671,7 +670,7 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
 
     pairs = [(s, n) for s in students for n in names]
     rows: dict[tuple[str, str], dict] = {}
-    keys = {(s, n): _submission_key(submissions, s, n, config.Execute.timeout, sandboxed, db, feedback_dir)
+    keys = {(s, n): _submission_key(submissions, s, n, config.Execute.timeout, sandboxed, db, feedback_dir, flat)
             for s, n in pairs}
     if shard is not None:
         sharding.write_manifest(course_dir, k, n, class_students, names, config.Execute.timeout, sandboxed,
@@ -688,7 +687,7 @@ def grade(submissions: Path, out: Path = Path("grades.csv"), feedback_dir: Path 
         bar = tqdm(total=len(pairs), initial=resumed, desc="grading", unit="submission",
                    disable=None if progress else True, file=sys.stderr, dynamic_ncols=True)
         _JOB.update(config=config, submissions=submissions, course_dir=course_dir, feedback_dir=feedback_dir,
-                    max_scores=max_scores, sandboxed=sandboxed, tmp=tmp, api=api)
+                    max_scores=max_scores, sandboxed=sandboxed, tmp=tmp, api=api, flat=flat)
         if jobs == 1:
             results = ((p, _grade_job(p)) for p in todo)
         else:
@@ -771,7 +770,7 @@ def _grade_job(pair: tuple[str, str]) -> tuple[dict, list[dict]]:
     try:
         with _private_runtime_dir(job["tmp"]):
             _grade_one(job["api"], job["config"], job["submissions"], job["course_dir"], job["feedback_dir"],
-                       student, name, row)
+                       student, name, row, job["flat"])
     except Exception as exc:  # one submission that breaks the grader must not stop the class
         message = first_line(str(exc))
         row.note("error", f"grading this submission failed ({type(exc).__name__}"
@@ -782,13 +781,13 @@ def _grade_job(pair: tuple[str, str]) -> tuple[dict, list[dict]]:
 
 
 def _submission_key(submissions: Path, student: str, name: str, timeout, sandboxed: bool, db: Path | None = None,
-                    feedback_dir: Path | None = None) -> str:
+                    feedback_dir: Path | None = None, flat: bool = False) -> str:
     """A fingerprint of everything a submission's grade depends on: its files, the released notebooks
     (whose test cells the submission is checked against), the time limit and the sandbox; and of where the
     grading put its results, the gradebook and the feedback folder: a resumed row's scores and page are
     there, so ``--resume`` with another --db or --out grades again instead of leaving them empty."""
     h = hashlib.sha256(json.dumps([student, name, timeout, sandboxed, str(db), str(feedback_dir)]).encode())
-    folder = _assignment_folder(submissions / student, name)
+    folder = _assignment_folder(submissions / student, name, flat)
     for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
         h.update(str(path.relative_to(folder)).encode() + b"\0")
         if path.is_file() and not path.is_symlink():

@@ -384,19 +384,26 @@ def _load_gpt2(name_or_path: str = "gpt2"):
     from transformers import AutoTokenizer
 
     local_only = not hub_downloads_allowed()
-    for i, name in enumerate(GPT2_HUB_IDS if name_or_path == "gpt2" else (name_or_path,)):
+
+    def load(name):
         # Offline for this call even if transformers was imported before this module (see the top).
         was_offline, hub_constants.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE, local_only
         try:
             with _quiet_progress_bars():
-                model = GPT2LMHeadModel.from_pretrained(name, local_files_only=local_only)
-                tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
-            break
-        except Exception:
-            if i == len(GPT2_HUB_IDS) - 1 or name_or_path != "gpt2":
-                raise
+                return (GPT2LMHeadModel.from_pretrained(name, local_files_only=local_only),
+                        AutoTokenizer.from_pretrained(name, local_files_only=local_only))
         finally:
             hub_constants.HF_HUB_OFFLINE = was_offline
+
+    *others, last = GPT2_HUB_IDS if name_or_path == "gpt2" else (name_or_path,)
+    for name in others:                                  # the last name's error is the one raised
+        try:
+            model, tokenizer = load(name)
+            break
+        except Exception:
+            continue
+    else:
+        model, tokenizer = load(last)
     # GPT-2 has no pad token, and pad = eos would hide the real EOS: add a distinct one
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
